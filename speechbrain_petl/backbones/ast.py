@@ -1,0 +1,200 @@
+"""The Audio Spectrogram Transformer (AST) as a frozen SpeechBrain lobe."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import ASTConfig, ASTModel
+from transformers.activations import ACT2FN
+
+from speechbrain_petl.backbones.base import Backbone
+from speechbrain_petl.backbones.blocks import FeedForward, PreNormBlock, SelfAttention
+from speechbrain_petl.backbones.loading import describe_source, load_model
+from speechbrain_petl.features import AUDIOSET_MEAN, AUDIOSET_STD, Fbank
+from speechbrain_petl.sites import NormSite
+
+DEFAULT_AST = "MIT/ast-finetuned-audioset-10-10-0.4593"
+
+
+class AST(Backbone):
+    """Frozen AST: raw 16 kHz waveforms in, pooled embeddings out.
+
+    Computes AST's Kaldi fbank on the batch's device, pads/crops it to
+    ``max_frames``, patchifies it and runs the transformer blocks with named
+    sites for PETL methods. When ``max_frames`` differs from the checkpoint's
+    ``max_length``, the positional embeddings are adapted along time the way
+    the original AST does: centre-cropped when shorter, bilinearly
+    interpolated when longer.
+
+    No padding mask is used: as in AST, a clip shorter than ``max_frames`` is
+    zero-padded in the fbank domain and every patch is attended to.
+
+    Arguments
+    ---------
+    source : str or transformers.ASTConfig
+        Hugging Face hub id, folder written by ``save_pretrained``, or (with
+        ``pretrained=False``) a config object.
+    pretrained : bool
+        Load the weights of ``source``; False builds the same architecture
+        with random weights (offline for the default checkpoint).
+    max_frames : int
+        Number of 10 ms fbank frames per clip (e.g. 100 for 1 s clips).
+    pooling : str or None
+        ``"mean"`` over output tokens (default), ``"cls"``, or None for tokens.
+    petl : PETLMethod, list or dict, optional
+        PETL methods to attach (a dict gives their names).
+    sample_rate : int
+        Sampling rate of the input waveforms.
+    feature_mean, feature_std : float
+        Fbank normalisation statistics (AudioSet's by default).
+
+    Example
+    -------
+    >>> from transformers import ASTConfig
+    >>> config = ASTConfig(hidden_size=32, num_hidden_layers=2,
+    ...     num_attention_heads=2, intermediate_size=64, max_length=64)
+    >>> ast = AST(source=config, pretrained=False, max_frames=64)
+    >>> ast(torch.randn(3, 8000), torch.tensor([1.0, 0.8, 0.5])).shape
+    torch.Size([3, 32])
+    >>> ast.site(0, "attention.query")
+    LinearSite(
+      (linear): Linear(in_features=32, out_features=32, bias=True)
+    )
+    """
+
+    def __init__(
+        self,
+        source=DEFAULT_AST,
+        pretrained=True,
+        max_frames=1024,
+        pooling="mean",
+        petl=None,
+        sample_rate=16000,
+        feature_mean=AUDIOSET_MEAN,
+        feature_std=AUDIOSET_STD,
+    ):
+        super().__init__(pooling=pooling)
+        model = load_model(ASTModel, ASTConfig, source, pretrained)
+        config = model.config
+        patch = config.patch_size
+        if max_frames < patch:
+            raise ValueError(
+                f"max_frames={max_frames} is shorter than one AST patch ({patch} frames)."
+            )
+        self.source = describe_source(source)
+        self.config = config
+        self.max_frames = max_frames
+        self.hidden_size = config.hidden_size
+        self.num_special_tokens = 2  # CLS and distillation tokens
+
+        self.features = Fbank(
+            max_frames=max_frames,
+            num_mel_bins=config.num_mel_bins,
+            sample_rate=sample_rate,
+            mean=feature_mean,
+            std=feature_std,
+        )
+        embeddings = model.embeddings
+        self.patch_embed = embeddings.patch_embeddings.projection
+        self.cls_token = embeddings.cls_token
+        self.dist_token = embeddings.distillation_token
+        self.pos_embed = nn.Parameter(
+            adapt_position_embeddings(
+                embeddings.position_embeddings.data,
+                source_grid=patch_grid(config, config.max_length),
+                target_grid=patch_grid(config, max_frames),
+            )
+        )
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.layers = nn.ModuleList(
+            [_restate_layer(layer, config) for layer in _hf_layers(model)]
+        )
+        self.final_norm = NormSite(model.layernorm)
+        self._finish_init(petl)
+
+    def embed(self, wavs, wav_lens=None):
+        """Waveforms -> (tokens (batch, 2 + patches, width), None)."""
+        feats = self.features(wavs, wav_lens)  # (batch, frames, mels)
+        patches = self.patch_embed(feats.transpose(1, 2).unsqueeze(1))
+        patches = patches.flatten(2).transpose(1, 2)
+        batch = patches.shape[0]
+        x = torch.cat(
+            [
+                self.cls_token.expand(batch, -1, -1),
+                self.dist_token.expand(batch, -1, -1),
+                patches,
+            ],
+            dim=1,
+        )
+        return self.dropout(x + self.pos_embed), None
+
+
+def patch_grid(config, frames):
+    """(frequency, time) number of patches for ``frames`` fbank frames."""
+    freq = (config.num_mel_bins - config.patch_size) // config.frequency_stride + 1
+    time = (frames - config.patch_size) // config.time_stride + 1
+    return freq, time
+
+
+def adapt_position_embeddings(pos_embed, source_grid, target_grid):
+    """Resizes AST position embeddings ``(1, 2 + F*T, width)`` along time.
+
+    The two leading (CLS, distillation) embeddings are kept. The patch grid is
+    centre-cropped along time when the target is shorter (as AST does when
+    fine-tuning its AudioSet model on shorter clips) and bilinearly
+    interpolated when it is longer.
+
+    Example
+    -------
+    >>> pos = torch.randn(1, 2 + 12 * 101, 8)
+    >>> adapt_position_embeddings(pos, (12, 101), (12, 9)).shape
+    torch.Size([1, 110, 8])
+    """
+    (f_src, t_src), (f_dst, t_dst) = source_grid, target_grid
+    if (f_src, t_src) == (f_dst, t_dst):
+        return pos_embed.clone()
+    if f_src != f_dst:
+        raise ValueError(
+            f"Cannot adapt position embeddings from {f_src} to {f_dst} "
+            "frequency patches: num_mel_bins must match the checkpoint."
+        )
+    width = pos_embed.shape[-1]
+    special, grid = pos_embed[:, :2], pos_embed[:, 2:]
+    grid = grid.reshape(1, f_src, t_src, width).permute(0, 3, 1, 2)
+    if t_dst < t_src:
+        start = t_src // 2 - t_dst // 2
+        grid = grid[..., start : start + t_dst]
+    else:
+        grid = F.interpolate(grid, size=(f_dst, t_dst), mode="bilinear")
+    grid = grid.permute(0, 2, 3, 1).reshape(1, f_dst * t_dst, width)
+    return torch.cat([special, grid], dim=1).contiguous()
+
+
+def _hf_layers(model):
+    # transformers >= 5 keeps blocks in model.layers; 4.x in model.encoder.layer
+    if hasattr(model, "layers"):
+        return model.layers
+    return model.encoder.layer
+
+
+def _restate_layer(layer, config):
+    if hasattr(layer.attention, "q_proj"):  # transformers >= 5
+        att = layer.attention
+        projections = (att.q_proj, att.k_proj, att.v_proj, att.o_proj)
+        fc1, fc2 = layer.mlp.fc1, layer.mlp.fc2
+    else:  # transformers 4.x
+        att = layer.attention.attention
+        projections = (att.query, att.key, att.value, layer.attention.output.dense)
+        fc1, fc2 = layer.intermediate.dense, layer.output.dense
+    attention = SelfAttention(
+        *projections,
+        num_heads=config.num_attention_heads,
+        dropout=config.attention_probs_dropout_prob,
+    )
+    mlp = FeedForward(fc1, fc2, ACT2FN[config.hidden_act])
+    return PreNormBlock(
+        attention,
+        mlp,
+        mhsa_norm=layer.layernorm_before,
+        ffn_norm=layer.layernorm_after,
+        dropout=config.hidden_dropout_prob,
+    )

@@ -1,0 +1,191 @@
+"""Transformer blocks re-stated around Hugging Face weights, one site per step.
+
+Each block's forward reads like its equation. For a pre-LN block (AST,
+Wav2Vec2-large "stable layer norm")::
+
+    h1 = h + MHSA(LN1(h))
+    h2 = h1 + FFN(LN2(h1))
+
+and for a post-LN block (Wav2Vec2-base)::
+
+    h1 = LN1(h + MHSA(h))
+    h2 = LN2(h1 + FFN(h1))
+
+Site names (paths inside a block, identical for every backbone):
+
+=====================  ============================================
+``tokens``             token sequence entering the layer (prompts)
+``mhsa_norm``          the LayerNorm of the attention sub-layer
+``attention.query``    query projection  (also ``key``, ``value``)
+``attention.keys_values``  keys/values after projection (prefixes)
+``attention.output``   attention output projection
+``mhsa``               the attention sub-layer as a whole (adapters)
+``ffn_norm``           the LayerNorm of the feed-forward sub-layer
+``mlp.fc1``            first feed-forward projection (also ``mlp.fc2``)
+``ffn``                the feed-forward sub-layer as a whole (adapters)
+=====================  ============================================
+
+In a pre-LN block a sub-layer's norm precedes it; in a post-LN block it
+follows the residual addition. Either way it is the norm "of" that sub-layer.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from speechbrain_petl.sites import (
+    KeyValueSite,
+    LinearSite,
+    NormSite,
+    SublayerSite,
+    TokenSite,
+)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over frozen projections.
+
+    Arguments
+    ---------
+    query, key, value, output : torch.nn.Linear
+        The frozen projections.
+    num_heads : int
+        Number of attention heads.
+    dropout : float
+        Attention-probability dropout (active only when trained).
+
+    Example
+    -------
+    >>> lin = lambda: torch.nn.Linear(16, 16)
+    >>> attn = SelfAttention(lin(), lin(), lin(), lin(), num_heads=4)
+    >>> attn(torch.randn(2, 7, 16), None).shape
+    torch.Size([2, 7, 16])
+    """
+
+    def __init__(self, query, key, value, output, num_heads, dropout=0.0):
+        super().__init__()
+        if query.out_features % num_heads:
+            raise ValueError(
+                f"Width {query.out_features} is not divisible by "
+                f"{num_heads} heads."
+            )
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.query = LinearSite(query)
+        self.key = LinearSite(key)
+        self.value = LinearSite(value)
+        self.keys_values = KeyValueSite()
+        self.output = LinearSite(output)
+
+    def _heads(self, x):
+        batch, time, width = x.shape
+        return x.view(batch, time, self.num_heads, width // self.num_heads).transpose(1, 2)
+
+    def forward(self, x, mask=None):
+        """``x``: (batch, time, width); ``mask``: (batch, time) bool or None."""
+        q, k, v = self.query(x), self.key(x), self.value(x)
+        k, v, kv_mask = self.keys_values(k, v, mask)
+        attn_mask = None if kv_mask is None else kv_mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(
+            self._heads(q),
+            self._heads(k),
+            self._heads(v),
+            attn_mask=attn_mask,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
+        return self.output(out)
+
+
+class FeedForward(nn.Module):
+    """Position-wise feed-forward network ``fc2(act(fc1(x)))``.
+
+    Example
+    -------
+    >>> ffn = FeedForward(torch.nn.Linear(8, 32), torch.nn.Linear(32, 8), torch.nn.GELU())
+    >>> ffn(torch.randn(2, 3, 8)).shape
+    torch.Size([2, 3, 8])
+    """
+
+    def __init__(self, fc1, fc2, activation, dropout=0.0):
+        super().__init__()
+        self.fc1 = LinearSite(fc1)
+        self.activation = activation
+        self.dropout = nn.Dropout(dropout)
+        self.fc2 = LinearSite(fc2)
+
+    def forward(self, x, mask=None):
+        return self.fc2(self.dropout(self.activation(self.fc1(x))))
+
+
+class _Block(nn.Module):
+    """Sites shared by both block layouts."""
+
+    def __init__(self, attention, mlp, mhsa_norm, ffn_norm, dropout=0.0):
+        super().__init__()
+        self.tokens = TokenSite()
+        self.mhsa_norm = NormSite(mhsa_norm)
+        self.attention = attention
+        self.mhsa = SublayerSite()
+        self.ffn_norm = NormSite(ffn_norm)
+        self.mlp = mlp
+        self.ffn = SublayerSite()
+        self.dropout = nn.Dropout(dropout)
+
+    def _attend(self, x, mask):
+        return self.dropout(self.attention(x, mask))
+
+    def _feed_forward(self, x, mask):
+        return self.dropout(self.mlp(x, mask))
+
+
+class PreNormBlock(_Block):
+    """``h1 = h + MHSA(LN1 h)``; ``h2 = h1 + FFN(LN2 h1)`` (AST, ViT)."""
+
+    def forward(self, x, mask=None):
+        x, mask = self.tokens(x, mask)
+        x = x + self.mhsa(self.mhsa_norm(x), self._attend, mask)
+        x = x + self.ffn(self.ffn_norm(x), self._feed_forward, mask)
+        return x, mask
+
+
+class PostNormBlock(_Block):
+    """``h1 = LN1(h + MHSA h)``; ``h2 = LN2(h1 + FFN h1)`` (Wav2Vec2-base)."""
+
+    def forward(self, x, mask=None):
+        x, mask = self.tokens(x, mask)
+        x = self.mhsa_norm(x + self.mhsa(x, self._attend, mask))
+        x = self.ffn_norm(x + self.ffn(x, self._feed_forward, mask))
+        return x, mask
+
+
+def masked_fill_padding(x, mask):
+    """Zeros the padded positions of ``x`` (batch, time, ch); no-op if mask is None."""
+    if mask is None:
+        return x
+    return x.masked_fill(~mask.unsqueeze(-1), 0.0)
+
+
+SITE_NAMES = (
+    "tokens",
+    "mhsa_norm",
+    "attention.query",
+    "attention.key",
+    "attention.value",
+    "attention.keys_values",
+    "attention.output",
+    "mhsa",
+    "ffn_norm",
+    "mlp.fc1",
+    "mlp.fc2",
+    "ffn",
+)
+
+__all__ = [
+    "SelfAttention",
+    "FeedForward",
+    "PreNormBlock",
+    "PostNormBlock",
+    "SITE_NAMES",
+    "masked_fill_padding",
+]
