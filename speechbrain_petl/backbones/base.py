@@ -81,9 +81,12 @@ class Backbone(nn.Module, abc.ABC):
 
         Example
         -------
+        >>> from transformers import ASTConfig
         >>> from speechbrain_petl.backbones import AST
         >>> from speechbrain_petl.methods import LoRA
-        >>> ast = AST(source=tiny_ast_folder(), max_frames=64)
+        >>> config = ASTConfig(hidden_size=32, num_hidden_layers=2,
+        ...     num_attention_heads=2, intermediate_size=64, max_length=64)
+        >>> ast = AST(source=config, pretrained=False, max_frames=64)
         >>> ast.attach(LoRA(rank=2))
         >>> list(ast.petl)
         ['lora']
@@ -166,13 +169,22 @@ class Backbone(nn.Module, abc.ABC):
 
         A backbone module whose parameters are all frozen stays in eval mode
         (no dropout, LayerDrop or masking); parameter-free modules such as
-        dropout follow the nearest module that owns parameters.
+        dropout follow the nearest module that owns parameters (at the top
+        level: whether any backbone parameter trains at all).
         """
         super().train(mode)
-        if mode:
-            for name, child in self.named_children():
-                if name != "petl":
-                    _keep_frozen_in_eval(child)
+        if not mode:
+            return self
+        backbone_trains = any(
+            p.requires_grad for n, p in self.named_parameters() if not n.startswith("petl.")
+        )
+        for name, child in self.named_children():
+            if name == "petl":
+                continue
+            if next(child.parameters(), None) is None:
+                child.train(backbone_trains)  # e.g. dropout after the embeddings
+            else:
+                _keep_frozen_in_eval(child)
         return self
 
     def trainable_state_dict(self):

@@ -113,7 +113,7 @@ class Wav2Vec2(Backbone):
         if self.normalize_waveform:
             wavs = normalize(wavs, lengths)
         with torch.no_grad():
-            feats = self.feature_encoder(wavs).transpose(1, 2)
+            feats = self._encode_waveforms(wavs, lengths).transpose(1, 2)
         mask = None
         if lengths is not None:
             frames = self.output_lengths(lengths).clamp(min=1)
@@ -124,6 +124,24 @@ class Wav2Vec2(Backbone):
         if self.input_norm is not None:
             x = self.input_norm(x)
         return self.dropout(x), mask
+
+
+    def _encode_waveforms(self, wavs, lengths):
+        """CNN features ``(batch, channels, frames)``.
+
+        A GroupNorm feature encoder (wav2vec2-base) normalises each channel
+        over time, so padding would change the features of real frames: a
+        padded clip then goes through the CNN alone, on its true length.
+        """
+        padded = lengths is not None and bool((lengths < wavs.shape[1]).any())
+        if not padded or self.config.feat_extract_norm != "group":
+            return self.feature_encoder(wavs)
+        frames = int(self.output_lengths(torch.tensor(wavs.shape[1])))
+        out = wavs.new_zeros(wavs.shape[0], self.config.conv_dim[-1], frames)
+        for i, length in enumerate(lengths.tolist()):
+            feats = self.feature_encoder(wavs[i : i + 1, :length])
+            out[i, :, : feats.shape[2]] = feats[0]
+        return out
 
 
 def normalize(wavs, lengths=None, eps=1e-7):

@@ -1,0 +1,31 @@
+"""Data helpers shared by the recipes: audio loading and clip checks
+(:mod:`speechbrain_petl.data.audio`) and the building blocks of the dataset
+preparation scripts (:mod:`speechbrain_petl.data.prepare`)."""
+
+from speechbrain_petl.data.audio import ClipReport, inspect_clip, load_audio
+from speechbrain_petl.data.prepare import (
+    BAD_CLIPS_LOG,
+    SETTINGS_FILE,
+    check_save_folder,
+    filter_bad_clips,
+    invalidate_preparation,
+    mark_prepared,
+    preparation_is_current,
+    require_file,
+    write_manifest,
+)
+
+__all__ = [
+    "BAD_CLIPS_LOG",
+    "SETTINGS_FILE",
+    "ClipReport",
+    "check_save_folder",
+    "filter_bad_clips",
+    "inspect_clip",
+    "invalidate_preparation",
+    "load_audio",
+    "mark_prepared",
+    "preparation_is_current",
+    "require_file",
+    "write_manifest",
+]

@@ -1,0 +1,188 @@
+"""The backbone lobes: equivalence with transformers, features, loading, freezing."""
+
+import pytest
+import torch
+from transformers import ASTFeatureExtractor, ASTModel, Wav2Vec2Model
+
+from speechbrain_petl.backbones import AST, Wav2Vec2
+from speechbrain_petl.backbones.ast import adapt_position_embeddings
+from speechbrain_petl.features import Fbank
+from tiny import save_tiny_ast, save_tiny_w2v2, tiny_ast_config
+
+
+def _mask(lobe, wav_lens, samples):
+    frames = lobe.output_lengths(torch.round(wav_lens * samples).long())
+    return torch.arange(int(frames.max()))[None] < frames[:, None]
+
+
+# ------------------------------------------------------------------ features
+@pytest.mark.parametrize("seconds", [0.3, 1.0, 1.37])
+def test_fbank_equals_ast_feature_extractor(seconds):
+    torch.manual_seed(0)
+    wav = torch.randn(int(16000 * seconds)) * 0.1
+    extractor = ASTFeatureExtractor(max_length=100)
+    expected = extractor(wav.numpy(), sampling_rate=16000, return_tensors="pt").input_values
+    ours = Fbank(max_frames=100)(wav.unsqueeze(0))
+    assert ours.shape == expected.shape == (1, 100, 128)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)
+
+
+def test_fbank_of_padded_batch_uses_each_clip_true_length():
+    torch.manual_seed(0)
+    short, long = torch.randn(5000), torch.randn(16000)
+    batch = torch.zeros(2, 16000)
+    batch[0, :5000], batch[1] = short, long
+    extractor = ASTFeatureExtractor(max_length=100)
+    expected = extractor(
+        [short.numpy(), long.numpy()], sampling_rate=16000, return_tensors="pt"
+    ).input_values
+    ours = Fbank(max_frames=100)(batch, torch.tensor([5000 / 16000, 1.0]))
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)
+
+
+def test_fbank_rejects_non_batched_input():
+    with pytest.raises(ValueError, match=r"\(batch, samples\)"):
+        Fbank()(torch.randn(16000))
+
+
+# ------------------------------------------------------- numerical equivalence
+def test_ast_equals_transformers_forward(tiny_ast_dir):
+    hf = ASTModel.from_pretrained(tiny_ast_dir).eval()
+    lobe = AST(tiny_ast_dir, max_frames=64, pooling=None).eval()
+    wavs = torch.randn(3, 9000)
+    with torch.no_grad():
+        expected = hf(lobe.features(wavs)).last_hidden_state
+        ours = lobe(wavs)
+    assert expected.abs().mean() > 0.1
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("stable", [False, True], ids=["post_ln_base", "pre_ln_large"])
+def test_wav2vec2_equals_transformers_forward(tmp_path, stable):
+    folder = save_tiny_w2v2(
+        tmp_path / "w2v2",
+        do_stable_layer_norm=stable,
+        feat_extract_norm="layer" if stable else "group",
+    )
+    hf = Wav2Vec2Model.from_pretrained(folder).eval()
+    lobe = Wav2Vec2(folder, pooling=None, normalize_waveform=False).eval()
+    wavs = torch.randn(2, 8000)
+    wav_lens = torch.tensor([1.0, 0.55])
+    with torch.no_grad():
+        torch.testing.assert_close(lobe(wavs), hf(wavs).last_hidden_state, rtol=1e-5, atol=1e-5)
+        # A padded batch gives every clip what transformers gives it alone.
+        ours = lobe(wavs, wav_lens)
+        real = _mask(lobe, wav_lens, 8000)
+        for i, rel in enumerate(wav_lens.tolist()):
+            alone = hf(wavs[i : i + 1, : round(rel * 8000)]).last_hidden_state[0]
+            torch.testing.assert_close(ours[i][real[i]], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_wav2vec2_pooling_ignores_padding(tiny_w2v2_dir):
+    lobe = Wav2Vec2(tiny_w2v2_dir).eval()
+    clip = torch.randn(5000)
+    alone = torch.zeros(1, 5000)
+    alone[0] = clip
+    padded = torch.randn(2, 8000)  # garbage after the clip must not matter
+    padded[0, :5000] = clip
+    with torch.no_grad():
+        expected = lobe(alone)
+        ours = lobe(padded, torch.tensor([5000 / 8000, 1.0]))
+    torch.testing.assert_close(ours[0:1], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_cls_pooling(tiny_ast_dir, tiny_w2v2_dir):
+    tokens = AST(tiny_ast_dir, max_frames=64, pooling=None).eval()
+    cls = AST(tiny_ast_dir, max_frames=64, pooling="cls").eval()
+    wavs = torch.randn(2, 8000)
+    with torch.no_grad():
+        torch.testing.assert_close(cls(wavs), tokens(wavs)[:, 0])
+    with pytest.raises(ValueError, match="no CLS token"):
+        Wav2Vec2(tiny_w2v2_dir, pooling="cls")
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        AST(tiny_ast_dir, max_frames=64, pooling="max")
+
+
+# ------------------------------------------------------------------- loading
+def test_offline_reload_of_save_pretrained_folder(tiny_ast_dir, tiny_w2v2_dir):
+    hf = ASTModel.from_pretrained(tiny_ast_dir)
+    lobe = AST(tiny_ast_dir, max_frames=64)
+    torch.testing.assert_close(lobe.layers[1].mlp.fc2.linear.weight, hf.layers[1].mlp.fc2.weight)
+    torch.testing.assert_close(lobe.pos_embed, hf.embeddings.position_embeddings)
+    random = AST(tiny_ast_dir, max_frames=64, pretrained=False)
+    assert random.config.hidden_size == 32
+    assert not torch.equal(random.layers[1].mlp.fc2.linear.weight, hf.layers[1].mlp.fc2.weight)
+    w2v2 = Wav2Vec2(tiny_w2v2_dir)
+    hf_w2v2 = Wav2Vec2Model.from_pretrained(tiny_w2v2_dir)
+    torch.testing.assert_close(
+        w2v2.layers[0].attention.value.linear.weight,
+        hf_w2v2.encoder.layers[0].attention.v_proj.weight,
+    )
+
+
+def test_default_checkpoints_build_offline_without_weights():
+    ast = AST(pretrained=False, max_frames=100)
+    assert (ast.hidden_size, ast.num_layers, ast.config.num_mel_bins) == (768, 12, 128)
+    assert ast.pos_embed.shape == (1, 2 + 12 * 9, 768)
+    w2v2 = Wav2Vec2(pretrained=False)
+    assert (w2v2.hidden_size, w2v2.num_layers, w2v2.pre_norm) == (768, 12, False)
+
+
+def test_loading_errors_name_the_folder(tmp_path, tiny_ast_dir):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        AST(str(empty), pretrained=False)
+    config_only = tmp_path / "config_only"
+    tiny_ast_config().save_pretrained(config_only)
+    with pytest.raises(FileNotFoundError, match="holds no weights"):
+        AST(str(config_only), pretrained=True)
+    assert AST(str(config_only), pretrained=False, max_frames=64).num_layers == 2
+    with pytest.raises(ValueError, match="shorter than one AST patch"):
+        AST(tiny_ast_dir, max_frames=8)
+    with pytest.raises(ValueError, match="config object has no weights"):
+        AST(tiny_ast_config(), pretrained=True)
+
+
+# ------------------------------------------------------- positional embeddings
+def test_position_embeddings_are_cropped_or_interpolated_not_zeroed(tiny_ast_dir):
+    hf = ASTModel.from_pretrained(tiny_ast_dir)  # 64 frames -> 4 time patches
+    source = hf.embeddings.position_embeddings.detach()
+    grid = source[0, 2:].reshape(8, 4, 32)  # 128 mel / stride 16 = 8 freq patches
+    shorter = AST(tiny_ast_dir, max_frames=32)  # 2 time patches: centre crop
+    torch.testing.assert_close(shorter.pos_embed[0, :2], source[0, :2])
+    torch.testing.assert_close(shorter.pos_embed[0, 2:].reshape(8, 2, 32), grid[:, 1:3])
+    longer = AST(tiny_ast_dir, max_frames=128)  # 8 time patches: interpolated
+    stretched = longer.pos_embed[0, 2:].reshape(8, 8, 32)
+    assert stretched.abs().mean() > 0.01
+    expected = torch.nn.functional.interpolate(
+        grid.permute(2, 0, 1).unsqueeze(0), size=(8, 8), mode="bilinear"
+    )[0].permute(1, 2, 0)
+    torch.testing.assert_close(stretched, expected)
+    with torch.no_grad():
+        assert longer(torch.randn(1, 20000)).shape == (1, 32)
+
+
+def test_position_embedding_adaptation_rejects_other_mel_bins():
+    with pytest.raises(ValueError, match="num_mel_bins"):
+        adapt_position_embeddings(torch.zeros(1, 2 + 12 * 5, 4), (12, 5), (6, 5))
+
+
+# ----------------------------------------------------------------- freezing
+@pytest.mark.parametrize("kind", ["ast", "w2v2"])
+def test_frozen_backbone_has_no_trainable_parameter_and_stays_in_eval(kind, tiny_ast_dir, tiny_w2v2_dir):
+    if kind == "ast":
+        lobe = AST(tiny_ast_dir, max_frames=64, pooling=None)
+    else:
+        lobe = Wav2Vec2(tiny_w2v2_dir, pooling=None)
+        assert lobe.config.hidden_dropout > 0 and lobe.config.layerdrop > 0
+    assert not any(p.requires_grad for p in lobe.parameters())
+    lobe.train()
+    assert not any(m.training for m in lobe.modules() if m is not lobe and m is not lobe.petl)
+    wavs = torch.randn(2, 8000)
+    torch.testing.assert_close(lobe(wavs), lobe(wavs))  # no dropout / LayerDrop
+
+
+def test_save_tiny_helpers_randomise_position_embeddings(tmp_path):
+    folder = save_tiny_ast(tmp_path / "ast", seed=3)
+    assert ASTModel.from_pretrained(folder).embeddings.position_embeddings.abs().mean() > 0.01

@@ -1,0 +1,66 @@
+"""Tiny Hugging Face backbones written with save_pretrained, for offline tests.
+
+Every weight is randomised (Hugging Face initialises AST's positional
+embeddings and special tokens at zero, which would hide bugs)."""
+
+import torch
+from transformers import ASTConfig, ASTModel, Wav2Vec2Config, Wav2Vec2Model
+
+
+def tiny_ast_config(**overrides):
+    """A 2-layer, width-32 AST on 128 mel bins and 64 frames."""
+    options = dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_length=64,
+        frequency_stride=16,
+        time_stride=16,
+    )
+    options.update(overrides)
+    return ASTConfig(**options)
+
+
+def tiny_w2v2_config(**overrides):
+    """A 2-layer, width-32 Wav2Vec2 with a 2-layer CNN (stride 10)."""
+    options = dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(16, 16),
+        conv_kernel=(10, 3),
+        conv_stride=(5, 2),
+        num_feat_extract_layers=2,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+        vocab_size=8,
+    )
+    options.update(overrides)
+    return Wav2Vec2Config(**options)
+
+
+def randomize_(model, seed=0):
+    """Fills every parameter with random values (LayerNorm weights near 1)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=generator) * 0.1
+            if name.endswith("weight") and param.dim() == 1:
+                param.copy_(1.0 + noise)
+            else:
+                param.copy_(noise)
+    return model
+
+
+def save_tiny_ast(folder, seed=0, **overrides):
+    """Writes a randomised tiny ASTModel to ``folder``; returns the folder."""
+    randomize_(ASTModel(tiny_ast_config(**overrides)), seed).save_pretrained(folder)
+    return str(folder)
+
+
+def save_tiny_w2v2(folder, seed=0, **overrides):
+    """Writes a randomised tiny Wav2Vec2Model to ``folder``; returns the folder."""
+    randomize_(Wav2Vec2Model(tiny_w2v2_config(**overrides)), seed).save_pretrained(folder)
+    return str(folder)
