@@ -66,7 +66,7 @@ def summarize(modules):
     >>> ast = AST(config, pretrained=False, max_frames=64, petl=LoRA(rank=2))
     >>> summary = summarize({"backbone": ast, "classifier": torch.nn.Linear(32, 5)})
     >>> summary["petl"], summary["head"]
-    (256, 165)
+    (512, 165)
     """
     backbones = [m for m in modules.values() if isinstance(m, Backbone)]
     if len(backbones) != 1:
@@ -84,8 +84,10 @@ def summarize(modules):
     return {"petl": petl, "head": head, "frozen": frozen, "total": petl + head + frozen}
 
 
-def report(modules, out=sys.stdout):
-    """Prints the breakdown of ``modules`` and returns the summary dict."""
+def report(modules, out=None):
+    """Prints the breakdown of ``modules`` (to ``out``, default stdout) and
+    returns the summary dict."""
+    out = out or sys.stdout
     summary = summarize(modules)
     for key, module in modules.items():
         trainable, fixed = count(module)

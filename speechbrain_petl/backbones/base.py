@@ -28,6 +28,7 @@ from speechbrain.utils.checkpoints import (
     register_checkpoint_hooks,
 )
 
+from speechbrain_petl.methods.base import PETLMethod
 from speechbrain_petl.sites import Site
 
 logger = logging.getLogger(__name__)
@@ -91,6 +92,11 @@ class Backbone(nn.Module, abc.ABC):
         >>> list(ast.petl)
         ['lora']
         """
+        if not isinstance(method, PETLMethod):
+            raise TypeError(
+                f"petl entries must be PETL methods (e.g. "
+                f"!new:speechbrain_petl.methods.LoRA), got {method!r}"
+            )
         name = name or method.default_name
         if name in self.petl:
             raise ValueError(f"A PETL method named '{name}' is already attached.")

@@ -160,7 +160,7 @@ class Adapters(PETLMethod):
         for layer in self.selected_layers(backbone):
             for sublayer in PLACEMENTS[self.placement]:
                 adapter = self.register(layer, sublayer, self.block(input_size=backbone.hidden_size))
-                backbone.site(layer, sublayer).attach(name, functools.partial(self._apply, adapter))
+                backbone.site(layer, sublayer).attach(name, functools.partial(self._adapt, adapter))
                 if self.train_norm:
                     norm_site = backbone.site(layer, f"{sublayer}_norm")
                     norm = self.register(
@@ -168,7 +168,7 @@ class Adapters(PETLMethod):
                     )
                     norm.override(norm_site, owner=name)
 
-    def _apply(self, adapter, x, y, mask):
+    def _adapt(self, adapter, x, y, mask):
         if self.mode == "parallel":
             return y + adapter(x, mask)
         return y + adapter(y, mask)

@@ -1,0 +1,375 @@
+"""PETL methods on both lobes: identity at init, masks, training, errors."""
+
+import functools
+
+import pytest
+import speechbrain as sb
+import torch
+from hyperpyyaml import load_hyperpyyaml
+from speechbrain.dataio.batch import PaddedBatch
+from speechbrain.utils.checkpoints import Checkpointer
+
+from speechbrain_petl.backbones import AST, Wav2Vec2
+from speechbrain_petl.brain import ClassificationBrain
+from speechbrain_petl.methods import (
+    Adapters,
+    BitFit,
+    BottleneckAdapter,
+    ConformerAdapter,
+    FullFineTuning,
+    LinearProbing,
+    LoRA,
+    PrefixTuning,
+    PromptTuning,
+)
+
+
+def bottleneck(placement="pfeiffer", mode="parallel"):
+    return Adapters(functools.partial(BottleneckAdapter, bottleneck=4), placement, mode)
+
+
+def conformer(placement="pfeiffer", mode="parallel", kernel_size=5):
+    block = functools.partial(ConformerAdapter, bottleneck=4, kernel_size=kernel_size)
+    return Adapters(block, placement, mode)
+
+
+#: Methods whose adapted model equals the frozen backbone at initialisation.
+IDENTITY_AT_INIT = {
+    "full": FullFineTuning,
+    "linear": LinearProbing,
+    "bitfit": BitFit,
+    "lora": lambda: LoRA(rank=2),
+    "lora_all_linear": lambda: LoRA(
+        rank=2,
+        targets=[
+            "attention.query",
+            "attention.key",
+            "attention.value",
+            "attention.output",
+            "mlp.fc1",
+            "mlp.fc2",
+        ],
+    ),
+    "bottleneck_pfeiffer_parallel": bottleneck,
+    "bottleneck_houlsby_sequential": lambda: bottleneck("houlsby", "sequential"),
+    "conformer_pfeiffer_parallel": conformer,
+    "conformer_houlsby_sequential": lambda: conformer("houlsby", "sequential"),
+    "conformer_even_kernel": lambda: conformer(kernel_size=8),
+}
+TOKEN_METHODS = {
+    "prompt_shallow": lambda: PromptTuning(length=3),
+    "prompt_deep": lambda: PromptTuning(length=3, deep=True),
+    "prefix": lambda: PrefixTuning(length=4),
+}
+ALL_METHODS = {**IDENTITY_AT_INIT, **TOKEN_METHODS}
+
+
+@pytest.fixture(params=["ast", "w2v2"])
+def make_lobe(request, tiny_ast_dir, tiny_w2v2_dir):
+    def make(petl=None, pooling="mean"):
+        if request.param == "ast":
+            return AST(tiny_ast_dir, max_frames=64, petl=petl, pooling=pooling)
+        return Wav2Vec2(tiny_w2v2_dir, petl=petl, pooling=pooling)
+
+    return make
+
+
+def perturb_petl_(lobe, seed=0):
+    """Random values in every PETL tensor, so no method is a no-op."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in lobe.petl.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * 0.2)
+
+
+# ------------------------------------------------------------ identity at init
+@pytest.mark.parametrize("method", list(IDENTITY_AT_INIT))
+def test_identity_at_initialisation(method, make_lobe):
+    torch.manual_seed(0)
+    wavs = torch.randn(3, 8000)
+    wav_lens = torch.tensor([1.0, 0.7, 0.4])
+    plain = make_lobe(pooling=None).eval()
+    adapted = make_lobe(IDENTITY_AT_INIT[method](), pooling=None)
+    with torch.no_grad():
+        expected = plain(wavs, wav_lens)
+        torch.testing.assert_close(adapted.eval()(wavs, wav_lens), expected, rtol=0, atol=1e-6)
+        if method != "full":  # full fine-tuning trains with the backbone's dropout on
+            torch.testing.assert_close(adapted.train()(wavs, wav_lens), expected, rtol=0, atol=1e-6)
+    perturb_petl_(adapted)
+    if any(True for _ in adapted.petl.parameters()):
+        with torch.no_grad():
+            assert not torch.allclose(adapted.eval()(wavs, wav_lens), expected, atol=1e-4)
+
+
+# ------------------------------------------------------------- padding masks
+@pytest.mark.parametrize("method", list(ALL_METHODS))
+def test_padding_never_changes_a_clip_output(method, tiny_w2v2_dir):
+    """A clip's embedding is the same alone or padded in a batch, for every
+    method: prompts/prefixes extend the mask, adapters zero the padding."""
+    lobe = Wav2Vec2(tiny_w2v2_dir, petl=ALL_METHODS[method]())
+    perturb_petl_(lobe)
+    lobe.eval()
+    clip = torch.randn(4700)
+    padded = torch.randn(2, 8000)
+    padded[0, :4700] = clip
+    with torch.no_grad():
+        alone = lobe(clip.unsqueeze(0))
+        batched = lobe(padded, torch.tensor([4700 / 8000, 1.0]))
+    torch.testing.assert_close(batched[:1], alone, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------- prompts, prefixes
+def test_shallow_prompts_are_inserted_after_the_special_tokens(tiny_ast_dir):
+    plain = AST(tiny_ast_dir, max_frames=64, pooling=None).eval()
+    prompted = AST(tiny_ast_dir, max_frames=64, pooling=None, petl=PromptTuning(length=5)).eval()
+    wavs = torch.randn(2, 8000)
+    seen = {}
+    prompted.layers[0].tokens.register_forward_hook(lambda m, i, o: seen.update(x=o[0]))
+    with torch.no_grad():
+        base = plain(wavs)
+        prompted(wavs)
+    x = seen["x"]
+    assert x.shape[1] == base.shape[1] + 5
+    prompts = prompted.petl["prompts"].layers["0"]["tokens"].prompts
+    torch.testing.assert_close(x[0, 2:7], prompts)
+    assert not torch.allclose(x[0, :2], prompts[:2])
+
+
+def test_deep_prompts_are_overwritten_before_every_layer(tiny_w2v2_dir):
+    lobe = Wav2Vec2(tiny_w2v2_dir, pooling=None, petl=PromptTuning(length=4, deep=True)).eval()
+    seen = {}
+    for i, block in enumerate(lobe.layers):
+        block.tokens.register_forward_hook(lambda m, inp, out, i=i: seen.update({i: out}))
+    wav_lens = torch.tensor([1.0, 0.5])
+    with torch.no_grad():
+        out = lobe(torch.randn(2, 8000), wav_lens)
+    plain_frames = int(lobe.output_lengths(torch.tensor(8000)))
+    assert out.shape[1] == plain_frames + 4  # inserted once, overwritten after
+    for i in range(2):
+        x, mask = seen[i]
+        prompts = lobe.petl["prompts"].layers[str(i)]["tokens"].prompts
+        torch.testing.assert_close(x[1, :4], prompts)
+        assert mask[:, :4].all()  # prompts are real tokens, even for the padded clip
+        assert not mask[1, 4:].all()
+
+
+def test_prefix_adds_key_value_pairs_and_leaves_queries(tiny_ast_dir):
+    lobe = AST(tiny_ast_dir, max_frames=64, pooling=None, petl=PrefixTuning(length=6))
+    seen = {}
+    lobe.layers[1].attention.keys_values.register_forward_hook(lambda m, i, o: seen.update(k=o[0], q=i[0]))
+    with torch.no_grad():
+        out = lobe(torch.randn(2, 8000))
+    assert seen["k"].shape[1] == seen["q"].shape[1] + 3
+    assert out.shape[1] == seen["q"].shape[1]  # sequence length unchanged
+    torch.testing.assert_close(seen["k"][0, :3], lobe.petl["prefix"].layers["1"]["attention"]["keys_values"].key)
+
+
+# ---------------------------------------------------------------- training
+def make_brain(lobe, n_classes=3, lr=0.05):
+    classifier = torch.nn.Linear(lobe.hidden_size, n_classes)
+    return ClassificationBrain(
+        modules={"backbone": lobe, "classifier": classifier},
+        opt_class=lambda params: torch.optim.AdamW(params, lr=lr),
+        hparams={},
+        run_opts={"device": "cpu"},
+    )
+
+
+def make_batch(n=4, samples=8000, n_classes=3, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    examples = [
+        {
+            "id": f"utt{i}",
+            "sig": torch.randn(samples - 1000 * i, generator=generator),
+            "label_encoded": torch.tensor([i % n_classes]),
+        }
+        for i in range(n)
+    ]
+    return PaddedBatch(examples)
+
+
+@pytest.mark.parametrize("method", list(ALL_METHODS))
+def test_training_step_updates_only_petl_and_head(method, make_lobe):
+    torch.manual_seed(0)
+    lobe = make_lobe(ALL_METHODS[method]())
+    brain = make_brain(lobe)
+    brain.on_fit_start()
+    modes = {}
+
+    def record_mode(name, module, args):
+        modes.setdefault(name, module.training)
+
+    for name, module in lobe.named_modules():
+        module.register_forward_pre_hook(functools.partial(record_mode, name))
+    before = {name: p.detach().clone() for name, p in brain.modules.named_parameters()}
+    trainable = {name for name, p in brain.modules.named_parameters() if p.requires_grad}
+    optimized = {id(p) for group in brain.optimizer.param_groups for p in group["params"]}
+    named = dict(brain.modules.named_parameters())
+
+    # The optimizer holds exactly the PETL tensors and the head.
+    assert optimized == {id(named[n]) for n in trainable}
+    if method != "full":
+        assert all(n.startswith(("backbone.petl.", "classifier.")) for n in trainable)
+
+    brain.modules.train()
+    batch = make_batch()
+
+    # Gradients reach the PETL modules of the first block through the frozen ones above.
+    if method not in ("full", "linear"):
+        outputs = brain.compute_forward(batch, sb.Stage.TRAIN)
+        brain.compute_objectives(outputs, batch, sb.Stage.TRAIN).backward()
+        first = [p for n, p in named.items() if ".layers.0." in n and p.requires_grad]
+        assert first and any(p.grad is not None and p.grad.abs().sum() > 0 for p in first)
+        assert all(p.grad is None for p in named.values() if not p.requires_grad)
+        brain.optimizer.zero_grad(set_to_none=True)
+
+    loss = brain.fit_batch(batch)
+    assert torch.isfinite(loss)
+
+    for name, param in brain.modules.named_parameters():
+        changed = not torch.equal(before[name], param.detach())
+        if name not in trainable:
+            assert not changed, f"frozen {name} changed"
+    assert any(not torch.equal(before[n], named[n].detach()) for n in trainable if "petl" in n or method == "full")
+
+    # Frozen modules ran in eval mode, PETL modules in train mode.
+    for name, training in modes.items():
+        if name.startswith("petl."):
+            assert training, name
+        elif method != "full" and name:
+            assert not training, f"frozen module {name} ran in train mode"
+
+
+def test_bf16_autocast_step_on_cpu(tiny_ast_dir):
+    lobe = AST(tiny_ast_dir, max_frames=64, petl=conformer())
+    brain = ClassificationBrain(
+        modules={"backbone": lobe, "classifier": torch.nn.Linear(32, 3)},
+        opt_class=lambda params: torch.optim.AdamW(params, lr=0.05),
+        hparams={},
+        run_opts={"device": "cpu", "precision": "bf16"},
+    )
+    brain.on_fit_start()
+    brain.modules.train()
+    assert torch.isfinite(brain.fit_batch(make_batch()))
+
+
+# ------------------------------------------------------------- checkpoints
+@pytest.mark.parametrize("method", ["lora", "conformer_pfeiffer_parallel", "prompt_deep", "bitfit", "full"])
+def test_checkpoint_holds_only_trainable_state_and_restores_it(method, tmp_path, tiny_ast_dir):
+    wavs = torch.randn(2, 8000)
+    lobe = AST(tiny_ast_dir, max_frames=64, petl=ALL_METHODS[method]())
+    perturb_petl_(lobe)
+    if method == "full":
+        with torch.no_grad():
+            lobe.layers[0].mlp.fc1.linear.weight.add_(1.0)
+    checkpointer = Checkpointer(tmp_path, {"backbone": lobe})
+    checkpointer.save_checkpoint()
+    state = torch.load(next(tmp_path.glob("CKPT*/backbone.ckpt")), weights_only=True)
+    total = sum(p.numel() for p in lobe.parameters())
+    trainable = sum(p.numel() for p in lobe.parameters() if p.requires_grad)
+    assert sum(v.numel() for k, v in state.items() if "running" not in k and "num_batches" not in k) == trainable
+    if method != "full":
+        assert all(key.startswith("petl.") for key in state)
+        assert trainable < total / 10
+
+    fresh = AST(tiny_ast_dir, max_frames=64, petl=ALL_METHODS[method]())
+    with torch.no_grad():
+        assert not torch.allclose(fresh.eval()(wavs), lobe.eval()(wavs))
+    Checkpointer(tmp_path, {"backbone": fresh}).recover_if_possible()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.eval()(wavs), lobe.eval()(wavs))
+
+
+def test_checkpoint_of_another_method_is_refused(tmp_path, tiny_ast_dir):
+    lobe = AST(tiny_ast_dir, max_frames=64, petl=LoRA(rank=2))
+    Checkpointer(tmp_path, {"backbone": lobe}).save_checkpoint()
+    other = AST(tiny_ast_dir, max_frames=64, petl=LoRA(rank=3))
+    with pytest.raises(RuntimeError, match="does not match|shape"):
+        Checkpointer(tmp_path, {"backbone": other}).recover_if_possible()
+
+
+# ---------------------------------------------------------- composition
+def test_methods_compose_at_shared_sites(tiny_ast_dir):
+    lobe = AST(tiny_ast_dir, max_frames=64, petl={"lora": LoRA(rank=2), "adapters": conformer()})
+    assert lobe.site(0, "attention.query").hook_names() == ["lora"]
+    assert lobe.site(0, "ffn").hook_names() == ["adapters"]
+    alone = AST(tiny_ast_dir, max_frames=64, petl=LoRA(rank=2)).petl["lora"].num_trainable()
+    assert lobe.petl["lora"].num_trainable() == alone
+    plain = AST(tiny_ast_dir, max_frames=64).eval()
+    wavs = torch.randn(2, 8000)
+    with torch.no_grad():
+        torch.testing.assert_close(lobe.eval()(wavs), plain(wavs), rtol=0, atol=1e-6)
+
+
+def test_methods_restricted_to_layers(tiny_ast_dir):
+    lobe = AST(tiny_ast_dir, max_frames=64, petl=LoRA(rank=2, layers=[-1]))
+    assert list(lobe.petl["lora"].layers) == ["1"]
+    assert lobe.site(0, "attention.query").hook_names() == []
+    full = AST(tiny_ast_dir, max_frames=64, petl=FullFineTuning(layers=[1]))
+    assert all(p.requires_grad for p in full.layers[1].parameters())
+    assert not any(p.requires_grad for p in full.layers[0].parameters())
+    assert not full.pos_embed.requires_grad
+
+
+def test_full_finetuning_keeps_wav2vec2_feature_encoder_frozen(tiny_w2v2_dir):
+    lobe = Wav2Vec2(tiny_w2v2_dir, petl=FullFineTuning())
+    assert not any(p.requires_grad for p in lobe.feature_encoder.parameters())
+    assert all(p.requires_grad for p in lobe.feature_projection.parameters())
+    assert all(p.requires_grad for p in lobe.layers.parameters())
+
+
+# -------------------------------------------------------- bad configuration
+def test_bad_configuration_raises_clear_errors(tiny_ast_dir):
+    make = functools.partial(AST, tiny_ast_dir, max_frames=64)
+    with pytest.raises(ValueError, match="rank must be an integer >= 1"):
+        LoRA(rank=0)
+    with pytest.raises(ValueError, match="bottleneck must be an integer >= 1"):
+        make(petl=Adapters(functools.partial(BottleneckAdapter, bottleneck=0)))
+    with pytest.raises(ValueError, match="kernel_size must be an integer >= 1"):
+        make(petl=conformer(kernel_size=0))
+    with pytest.raises(ValueError, match="exceeds the limit"):
+        PromptTuning(length=PromptTuning.MAX_LENGTH + 1)
+    with pytest.raises(ValueError, match="must be even"):
+        PrefixTuning(length=5)
+    with pytest.raises(ValueError, match="shallow prompts enter before one block"):
+        PromptTuning(length=4, layers=[0, 1])
+    with pytest.raises(ValueError, match="layer 7 does not exist"):
+        make(petl=LoRA(rank=2, layers=[7]))
+    with pytest.raises(KeyError, match="Unknown site 'attention.qury'"):
+        make(petl=LoRA(rank=2, targets=["attention.qury"]))
+    with pytest.raises(ValueError, match="not a linear site"):
+        make(petl=LoRA(rank=2, targets=["mhsa"]))
+    with pytest.raises(ValueError, match="placement must be one of"):
+        Adapters(BottleneckAdapter, placement="middle")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        Adapters(BottleneckAdapter, mode="serial")
+    with pytest.raises(TypeError, match="PETL method"):
+        make(petl="lora")
+    with pytest.raises(ValueError, match="already overridden"):
+        make(petl=[BitFit(), bottleneck()])
+    method = LoRA(rank=2)
+    make(petl=method)
+    with pytest.raises(RuntimeError, match="already attached"):
+        make(petl=method)
+    lobe = make(petl=LoRA(rank=2))
+    with pytest.raises(ValueError, match="already attached"):
+        lobe.attach(LoRA(rank=2))
+
+
+def test_unknown_method_in_yaml_names_it(tiny_ast_dir):
+    text = f"""
+backbone: !new:speechbrain_petl.backbones.AST
+    source: {tiny_ast_dir}
+    max_frames: 64
+    petl: !new:speechbrain_petl.methods.LoRAA
+        rank: 2
+"""
+    with pytest.raises((ImportError, AttributeError), match="LoRAA"):
+        load_hyperpyyaml(text)
+
+
+def test_even_kernel_keeps_sequence_length():
+    adapter = ConformerAdapter(16, bottleneck=4, kernel_size=8)
+    torch.nn.init.normal_(adapter.pointwise_out.weight)
+    assert adapter(torch.randn(2, 37, 16)).shape == (2, 37, 16)
+
