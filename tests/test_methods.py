@@ -22,6 +22,7 @@ from speechbrain_petl.methods import (
     PrefixTuning,
     PromptTuning,
 )
+from tiny import save_tiny_ast
 
 
 def bottleneck(placement="pfeiffer", mode="parallel"):
@@ -264,7 +265,7 @@ def test_checkpoint_holds_only_trainable_state_and_restores_it(method, tmp_path,
             lobe.layers[0].mlp.fc1.linear.weight.add_(1.0)
     checkpointer = Checkpointer(tmp_path, {"backbone": lobe})
     checkpointer.save_checkpoint()
-    state = torch.load(next(tmp_path.glob("CKPT*/backbone.ckpt")), weights_only=True)
+    state = torch.load(next(tmp_path.glob("CKPT*/backbone.ckpt")), weights_only=True)["state"]
     total = sum(p.numel() for p in lobe.parameters())
     trainable = sum(p.numel() for p in lobe.parameters() if p.requires_grad)
     assert sum(v.numel() for k, v in state.items() if "running" not in k and "num_batches" not in k) == trainable
@@ -286,6 +287,20 @@ def test_checkpoint_of_another_method_is_refused(tmp_path, tiny_ast_dir):
     other = AST(tiny_ast_dir, max_frames=64, petl=LoRA(rank=3))
     with pytest.raises(RuntimeError, match="does not match|shape"):
         Checkpointer(tmp_path, {"backbone": other}).recover_if_possible()
+
+
+def test_checkpoint_restored_onto_another_backbone_is_refused(tmp_path, tiny_ast_dir):
+    lobe = AST(tiny_ast_dir, max_frames=64, petl=LoRA(rank=2))
+    Checkpointer(tmp_path / "ckpt", {"backbone": lobe}).save_checkpoint()
+    other_weights = save_tiny_ast(tmp_path / "other", seed=1)
+    candidates = {
+        "source": AST(other_weights, max_frames=64, petl=LoRA(rank=2)),
+        "architecture": AST(tiny_ast_dir, max_frames=32, petl=LoRA(rank=2)),
+        "frozen weights differ": AST(tiny_ast_dir, max_frames=64, pretrained=False, petl=LoRA(rank=2)),
+    }
+    for reason, backbone in candidates.items():
+        with pytest.raises(RuntimeError, match=f"another backbone(.|\\n)*{reason}"):
+            Checkpointer(tmp_path / "ckpt", {"backbone": backbone}).recover_if_possible()
 
 
 # ---------------------------------------------------------- composition

@@ -111,9 +111,11 @@ class AST(Backbone):
         self.final_norm = NormSite(model.layernorm)
         self._finish_init(petl)
 
-    def embed(self, wavs, wav_lens=None):
+    def embed(self, wavs, wav_lens=None, augment=None):
         """Waveforms -> (tokens (batch, 2 + patches, width), None)."""
         feats = self.features(wavs, wav_lens)  # (batch, frames, mels)
+        if augment is not None:
+            feats = augment(feats)
         patches = self.patch_embed(feats.transpose(1, 2).unsqueeze(1))
         patches = patches.flatten(2).transpose(1, 2)
         batch = patches.shape[0]
@@ -126,6 +128,14 @@ class AST(Backbone):
             dim=1,
         )
         return self.dropout(x + self.pos_embed), None
+
+    def architecture(self):
+        return {
+            **super().architecture(),
+            "max_frames": self.max_frames,
+            "num_mel_bins": self.config.num_mel_bins,
+            "patch": [self.config.patch_size, self.config.frequency_stride, self.config.time_stride],
+        }
 
 
 def patch_grid(config, frames):

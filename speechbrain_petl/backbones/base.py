@@ -133,19 +133,24 @@ class Backbone(nn.Module, abc.ABC):
 
     # ------------------------------------------------------------- forward
     @abc.abstractmethod
-    def embed(self, wavs, wav_lens=None):
-        """Waveforms -> (tokens (batch, time, width), mask (batch, time) or None)."""
+    def embed(self, wavs, wav_lens=None, augment=None):
+        """Waveforms -> (tokens (batch, time, width), mask (batch, time) or None).
 
-    def encode(self, wavs, wav_lens=None):
+        ``augment``, when given, is applied to the lobe's input features
+        (AST: the normalised fbank ``(batch, frames, mels)``; Wav2Vec2: the
+        waveforms): the recipe passes its augmentation at training time only.
+        """
+
+    def encode(self, wavs, wav_lens=None, augment=None):
         """Output tokens after the final norm and their mask."""
-        x, mask = self.embed(wavs, wav_lens)
+        x, mask = self.embed(wavs, wav_lens, augment)
         for block in self.layers:
             x, mask = block(x, mask)
         if self.final_norm is not None:
             x = self.final_norm(x)
         return x, mask
 
-    def forward(self, wavs, wav_lens=None):
+    def forward(self, wavs, wav_lens=None, augment=None):
         """Pooled embeddings ``(batch, width)``, or tokens if ``pooling`` is None.
 
         Arguments
@@ -154,8 +159,10 @@ class Backbone(nn.Module, abc.ABC):
             ``(batch, samples)`` 16 kHz waveforms.
         wav_lens : torch.Tensor, optional
             ``(batch,)`` SpeechBrain relative lengths.
+        augment : callable, optional
+            Training-time augmentation of the input features (see ``embed``).
         """
-        x, mask = self.encode(wavs, wav_lens)
+        x, mask = self.encode(wavs, wav_lens, augment)
         return self.pool(x, mask)
 
     def pool(self, x, mask):
@@ -228,14 +235,53 @@ class Backbone(nn.Module, abc.ABC):
         petl_state = {k[len("petl."):]: v for k, v in state.items() if k.startswith("petl.")}
         self.petl.load_state_dict(petl_state, strict=True)
 
+    def fingerprint(self):
+        """What identifies the frozen backbone a trained state belongs to:
+        lobe class, source, architecture, and a checksum of frozen weights."""
+        frozen = [p for p in self.parameters() if not p.requires_grad]
+        checksum = sum(float(p.detach().double().abs().sum()) for p in frozen[:8])
+        return {
+            "lobe": type(self).__name__,
+            "source": self.source,
+            "architecture": self.architecture(),
+            "frozen_checksum": checksum,
+        }
+
+    def architecture(self):
+        """Shape-defining settings of the backbone (subclasses extend)."""
+        return {"hidden_size": self.hidden_size, "num_layers": self.num_layers}
+
+    def check_fingerprint(self, saved, source="checkpoint"):
+        """Raises a clear error if ``saved`` was made on another backbone."""
+        mine = self.fingerprint()
+        problems = [
+            f"{key}: checkpoint has {saved.get(key)!r}, this backbone has {mine[key]!r}"
+            for key in ("lobe", "source", "architecture")
+            if saved.get(key) != mine[key]
+        ]
+        theirs = saved.get("frozen_checksum", 0.0)
+        if abs(theirs - mine["frozen_checksum"]) > 1e-6 * max(1.0, abs(theirs)):
+            problems.append(
+                "frozen weights differ (checksum "
+                f"{theirs:.6g} vs {mine['frozen_checksum']:.6g}): other pretrained weights or another seed"
+            )
+        if problems:
+            raise RuntimeError(
+                f"{source} was trained on another backbone and cannot be loaded "
+                "onto this one:\n  " + "\n  ".join(problems)
+            )
+
     @mark_as_saver
     def _save(self, path):
-        torch.save(self.trainable_state_dict(), path)
+        torch.save({"fingerprint": self.fingerprint(), "state": self.trainable_state_dict()}, path)
 
     @mark_as_loader
     def _load(self, path, end_of_epoch=False):
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        self.load_trainable_state_dict(state, source=str(path))
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(saved, dict) or set(saved) != {"fingerprint", "state"}:
+            raise RuntimeError(f"{path} is not a speechbrain_petl backbone checkpoint.")
+        self.check_fingerprint(saved["fingerprint"], source=str(path))
+        self.load_trainable_state_dict(saved["state"], source=str(path))
 
     @mark_as_transfer
     def _transfer(self, path):

@@ -101,15 +101,20 @@ class Wav2Vec2(Backbone):
         """The LayerNorm producing the output tokens."""
         return self.final_norm if self.pre_norm else self.layers[-1].ffn_norm
 
+    def architecture(self):
+        return {**super().architecture(), "pre_norm": self.pre_norm}
+
     def output_lengths(self, lengths):
         """Number of encoder frames for ``lengths`` input samples."""
         for kernel, stride in zip(self.config.conv_kernel, self.config.conv_stride):
             lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
         return lengths
 
-    def embed(self, wavs, wav_lens=None):
+    def embed(self, wavs, wav_lens=None, augment=None):
         """Waveforms -> (frames (batch, time, width), mask (batch, time) or None)."""
         lengths = relative_to_absolute(wav_lens, wavs.shape[1])
+        if augment is not None:
+            wavs = augment(wavs)
         if self.normalize_waveform:
             wavs = normalize(wavs, lengths)
         with torch.no_grad():

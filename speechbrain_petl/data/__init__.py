@@ -12,6 +12,7 @@ from speechbrain_petl.data.prepare import (
     mark_prepared,
     preparation_is_current,
     require_file,
+    require_folder,
     write_manifest,
 )
 
@@ -27,5 +28,6 @@ __all__ = [
     "mark_prepared",
     "preparation_is_current",
     "require_file",
+    "require_folder",
     "write_manifest",
 ]
