@@ -2,13 +2,31 @@
 
 Expects ``modules`` with a ``backbone`` (a :class:`~speechbrain_petl.backbones.Backbone`
 lobe with its PETL methods attached) and a ``classifier`` (the head), and
-batches with ``sig`` (waveforms, relative lengths) and ``label_encoded``.
-Only trainable tensors reach the optimizer.
+batches with ``id``, ``sig`` (waveforms, relative lengths) and
+``label_encoded``. Hyper-parameters it reads:
+
+* ``label_encoder`` (CategoricalEncoder), ``train_logger``,
+  ``epoch_counter`` and ``number_of_epochs``;
+* optional ``augmentation``: applied to the backbone's input features at
+  training time only (e.g. SpecAugment on AST's fbank);
+* optional ``lr_scheduler``: a ``!name:`` torch scheduler built on the
+  optimizer with ``T_max`` = total optimizer steps and stepped every batch
+  (e.g. ``torch.optim.lr_scheduler.CosineAnnealingLR``);
+* optional ``test_stats_file`` / ``test_predictions_file``: where the test
+  stage writes per-class accuracy, confusion and per-clip predictions.
+
+Only trainable tensors reach the optimizer; the best checkpoint is kept by
+validation accuracy (``acc``) next to the most recent one.
 """
+
+import csv
+import math
 
 import speechbrain as sb
 import torch
 import torch.nn.functional as F
+from speechbrain.utils.distributed import if_main_process
+from speechbrain.utils.metric_stats import ClassificationStats
 
 from speechbrain_petl.backbones.base import Backbone
 
@@ -35,33 +53,104 @@ def trainable_parameters(modules):
 class ClassificationBrain(sb.Brain):
     """Utterance classification on top of a frozen backbone lobe."""
 
+    steps_per_epoch = None
+
     def compute_forward(self, batch, stage):
         """Waveforms -> logits ``(batch, classes)``."""
         batch = batch.to(self.device)
         wavs, wav_lens = batch.sig
-        embeddings = self.modules.backbone(wavs, wav_lens)
+        augment = None
+        if stage == sb.Stage.TRAIN:
+            augment = getattr(self.hparams, "augmentation", None)
+        embeddings = self.modules.backbone(wavs, wav_lens, augment=augment)
         return self.modules.classifier(embeddings)
 
     def compute_objectives(self, predictions, batch, stage):
-        """Cross-entropy, plus accuracy statistics outside training."""
+        """Cross-entropy; accuracy and confusion statistics on the side."""
         labels = batch.label_encoded.data.view(-1)
         loss = F.cross_entropy(predictions.float(), labels)
+        predicted = predictions.detach().argmax(dim=-1)
+        self.correct += (predicted == labels).sum().item()
+        self.seen += labels.numel()
         if stage != sb.Stage.TRAIN:
-            self.correct += (predictions.argmax(dim=-1) == labels).sum().item()
-            self.seen += labels.numel()
+            self.stats.append(
+                ids=batch.id,
+                predictions=self._decode(predicted),
+                targets=self._decode(labels),
+            )
         return loss
+
+    def _decode(self, indices):
+        """Class indices -> labels; an output unit no training label maps to
+        (the head may be wider than the labels present) is named as such."""
+        ind2lab = self.hparams.label_encoder.ind2lab
+        return [ind2lab.get(i, f"<unused output {i}>") for i in indices.tolist()]
 
     def on_stage_start(self, stage, epoch=None):
         self.correct, self.seen = 0, 0
+        self.stats = ClassificationStats()
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        stats = {"loss": stage_loss, "acc": self.correct / max(self.seen, 1)}
+        if stage == sb.Stage.TRAIN:
+            self.train_stats = stats
+        elif stage == sb.Stage.VALID:
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.hparams.train_logger.log_stats(
+                stats_meta={"epoch": epoch, "lr": lr},
+                train_stats=self.train_stats,
+                valid_stats=stats,
+            )
+            self.checkpointer.save_and_keep_only(meta={"acc": stats["acc"]}, max_keys=["acc"])
+        else:
+            self.hparams.train_logger.log_stats(
+                stats_meta={"Epoch loaded": self.hparams.epoch_counter.current},
+                test_stats=stats,
+            )
+            self._write_test_outputs()
+
+    def _write_test_outputs(self):
+        if not if_main_process():
+            return
+        stats_file = getattr(self.hparams, "test_stats_file", None)
+        if stats_file:
+            with open(stats_file, "w") as fout:
+                self.stats.write_stats(fout)
+        predictions_file = getattr(self.hparams, "test_predictions_file", None)
+        if predictions_file:
+            with open(predictions_file, "w", newline="") as fout:
+                writer = csv.writer(fout)
+                writer.writerow(["ID", "target", "prediction"])
+                writer.writerows(zip(self.stats.ids, self.stats.targets, self.stats.predictions))
+
+    def on_fit_batch_end(self, batch, outputs, loss, should_step):
+        if should_step and getattr(self, "lr_scheduler", None) is not None:
+            self.lr_scheduler.step()
+
+    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+        loader = super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
+        if stage == sb.Stage.TRAIN:
+            self.steps_per_epoch = len(loader)
+        return loader
 
     def init_optimizers(self):
-        """One optimizer over the trainable tensors only (PETL + head)."""
+        """One optimizer over the trainable tensors only (PETL + head), and
+        the per-step scheduler if the hparams ask for one."""
         if self.opt_class is None:
             return
         self.optimizer = self.opt_class(trainable_parameters(self.modules))
         self.optimizers_dict = {"opt_class": self.optimizer}
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("optimizer", self.optimizer)
+        make_scheduler = getattr(self.hparams, "lr_scheduler", None)
+        if make_scheduler is None:
+            return
+        if self.steps_per_epoch is None:
+            raise RuntimeError("lr_scheduler needs the training loader: call fit() with a train set.")
+        steps = math.ceil(self.steps_per_epoch / self.grad_accumulation_factor)
+        self.lr_scheduler = make_scheduler(self.optimizer, T_max=steps * self.hparams.number_of_epochs)
+        if self.checkpointer is not None:
+            self.checkpointer.add_recoverable("lr_scheduler", self.lr_scheduler)
 
     @property
     def backbone(self):

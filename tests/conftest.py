@@ -1,5 +1,5 @@
 """Shared pytest fixtures. Test helpers live in plain modules next to this
-file (``tiny.py``: tiny backbones; ``datasets.py``: miniature datasets)."""
+file (``tiny.py``: tiny backbones; ``mini_datasets.py``: miniature datasets)."""
 
 import os
 import sys

@@ -213,6 +213,7 @@ def test_training_step_updates_only_petl_and_head(method, make_lobe):
         assert all(n.startswith(("backbone.petl.", "classifier.")) for n in trainable)
 
     brain.modules.train()
+    brain.on_stage_start(sb.Stage.TRAIN)
     batch = make_batch()
 
     # Gradients reach the PETL modules of the first block through the frozen ones above.
@@ -251,6 +252,7 @@ def test_bf16_autocast_step_on_cpu(tiny_ast_dir):
     )
     brain.on_fit_start()
     brain.modules.train()
+    brain.on_stage_start(sb.Stage.TRAIN)
     assert torch.isfinite(brain.fit_batch(make_batch()))
 
 

@@ -359,7 +359,7 @@ def filter_bad_clips(
         100 * fraction,
         report_path,
     )
-    if fraction >= max_bad_fraction:
+    if fraction > max_bad_fraction:
         examples = "; ".join(f"{p}: {r}" for p, r in bad[:3])
         raise RuntimeError(
             f"{len(bad)} of {len(rows)} clips ({100 * fraction:.2f}%) are "

@@ -1,0 +1,289 @@
+"""Data preparation for ESC-50 (environmental sound classification).
+
+Expected layout of ``data_folder`` (the root of the ESC-50 release, e.g. the
+extracted ``ESC-50-master``)::
+
+    audio/1-100032-A-0.wav ...   2000 clips, 44.1 kHz mono, 5 s;
+                                 named <fold>-<freesound id>-<take>-<target>
+    meta/esc50.csv               filename,fold,target,category,esc10,
+                                 src_file,take
+
+Splits of the 5 pre-defined folds, for test fold ``k``:
+
+* ``protocol="rotation"`` (as in the ESC-50 paper's cross-validation):
+  test = fold k, valid = fold (k mod 5) + 1, train = the 3 other folds;
+* ``protocol="official"``: train = the 4 other folds, test = fold k. There is
+  no validation fold: ``valid.csv`` is written identical to ``test.csv`` (a
+  warning says so), so validation scores are test scores.
+
+Writes ``train.csv``, ``valid.csv`` and ``test.csv`` to ``save_folder`` with
+columns ``ID, duration, wav, label, target, fold`` (``label`` is the category
+name, ``target`` its index 0-49). Nothing is written inside ``data_folder``.
+Clips stay at 44.1 kHz on disk; the data pipeline resamples when loading.
+
+Example
+-------
+>>> from esc50_prepare import prepare_esc50
+>>> prepare_esc50("/data/ESC-50-master", "results/esc50/save", fold=1)
+... # doctest: +SKIP
+"""
+
+import csv
+import logging
+import numbers
+import os
+import re
+
+from speechbrain_petl.data import (
+    check_save_folder,
+    filter_bad_clips,
+    invalidate_preparation,
+    mark_prepared,
+    preparation_is_current,
+    require_file,
+    require_folder,
+    write_manifest,
+)
+
+logger = logging.getLogger(__name__)
+
+# Bump whenever the manifests' content or format changes, so that outputs of
+# an older version of this script are never reused.
+PREP_VERSION = 1
+
+FOLDS = (1, 2, 3, 4, 5)
+PROTOCOLS = ("rotation", "official")
+META_COLUMNS = ("filename", "fold", "target", "category", "esc10",
+                "src_file", "take")
+OUTPUTS = ("train.csv", "valid.csv", "test.csv")
+FIELDNAMES = ("ID", "duration", "wav", "label", "target", "fold")
+DATASET = "ESC-50"
+LAYOUT_HINT = (
+    "is data_folder the root of the ESC-50 release (containing audio/ and "
+    "meta/)?"
+)
+# <fold>-<source file>-<take>-<target>.wav
+FILENAME = re.compile(r"^(\d+)-([^-]+)-([^-]+)-(\d+)\.wav$")
+
+
+def split_folds(fold, protocol):
+    """The folds of each split for test fold ``fold``.
+
+    Arguments
+    ---------
+    fold : int
+        Test fold, 1 to 5.
+    protocol : str
+        ``"rotation"`` or ``"official"`` (see the module's docstring).
+
+    Returns
+    -------
+    dict
+        ``{"train": [...], "valid": [...], "test": [...]}``.
+
+    Example
+    -------
+    >>> split_folds(5, "rotation")
+    {'train': [2, 3, 4], 'valid': [1], 'test': [5]}
+    >>> split_folds(2, "official")
+    {'train': [1, 3, 4, 5], 'valid': [2], 'test': [2]}
+    """
+    _check_fold_and_protocol(fold, protocol)
+    if protocol == "rotation":
+        valid = fold % 5 + 1
+        train = [f for f in FOLDS if f not in (fold, valid)]
+        return {"train": train, "valid": [valid], "test": [fold]}
+    train = [f for f in FOLDS if f != fold]
+    return {"train": train, "valid": [fold], "test": [fold]}
+
+
+def _check_fold_and_protocol(fold, protocol):
+    if (
+        not isinstance(fold, numbers.Integral)
+        or isinstance(fold, bool)
+        or fold not in FOLDS
+    ):
+        raise ValueError(
+            f"{DATASET}: fold must be an integer from 1 to 5, got {fold!r}"
+        )
+    if protocol not in PROTOCOLS:
+        raise ValueError(
+            f"{DATASET}: protocol must be one of {PROTOCOLS}, got "
+            f"{protocol!r}"
+        )
+
+
+def prepare_esc50(
+    data_folder,
+    save_folder,
+    fold=1,
+    protocol="rotation",
+    max_bad_fraction=0.01,
+    skip_prep=False,
+):
+    """Writes the train/valid/test manifests of ESC-50 for one test fold.
+
+    Skipped when ``save_folder`` already holds the three manifests of a
+    preparation with the same settings (data folder, fold, protocol,
+    ``max_bad_fraction``, script version). Every clip is decoded once;
+    unusable clips are dropped and listed in ``<save_folder>/bad_clips.log``.
+
+    Arguments
+    ---------
+    data_folder : str
+        Root of the ESC-50 release (see the module's docstring).
+    save_folder : str
+        Where the manifests are written (never inside ``data_folder``).
+    fold : int
+        Test fold, 1 to 5.
+    protocol : str
+        ``"rotation"`` or ``"official"``.
+    max_bad_fraction : float
+        Largest tolerated fraction of unusable clips before giving up.
+    skip_prep : bool
+        If True, does nothing.
+
+    Raises
+    ------
+    ValueError
+        Bad ``fold``/``protocol``, or inconsistent metadata.
+    FileNotFoundError
+        ``meta/esc50.csv``, ``audio/`` or a listed clip is missing.
+    RuntimeError
+        More than ``max_bad_fraction`` of the clips are unusable.
+    """
+    if skip_prep:
+        logger.info("skip_prep=True: not preparing ESC-50")
+        return
+    folds = split_folds(fold, protocol)
+    data_folder = os.path.abspath(os.fspath(data_folder))
+    save_folder = os.path.abspath(os.fspath(save_folder))
+    check_save_folder(data_folder, save_folder)
+    meta = require_file(
+        os.path.join(data_folder, "meta", "esc50.csv"), DATASET, data_folder,
+        LAYOUT_HINT,
+    )
+    audio = require_folder(
+        os.path.join(data_folder, "audio"), DATASET, data_folder, LAYOUT_HINT
+    )
+    settings = {
+        "dataset": "esc50",
+        "data_folder": data_folder,
+        "fold": int(fold),
+        "protocol": protocol,
+        "max_bad_fraction": max_bad_fraction,
+        "version": PREP_VERSION,
+    }
+    if preparation_is_current(save_folder, settings, OUTPUTS):
+        return
+
+    rows = _read_meta(meta, audio)
+    os.makedirs(save_folder, exist_ok=True)
+    invalidate_preparation(save_folder)
+    good = filter_bad_clips(
+        rows, save_folder, max_bad_fraction=max_bad_fraction
+    )
+    if protocol == "official":
+        logger.warning(
+            "%s protocol='official' has no validation fold: valid.csv is a "
+            "copy of test.csv (fold %d), so validation scores are test "
+            "scores; do not select checkpoints or hyperparameters on them",
+            DATASET,
+            fold,
+        )
+    for split in ("train", "valid", "test"):
+        split_rows = [r for r in good if r["fold"] in folds[split]]
+        if not split_rows:
+            raise RuntimeError(
+                f"{DATASET}: the {split} split (folds {folds[split]}) is "
+                "empty after removing bad clips"
+            )
+        write_manifest(
+            os.path.join(save_folder, f"{split}.csv"), split_rows, FIELDNAMES
+        )
+        logger.info(
+            "%s %s: folds %s, %d clips", DATASET, split, folds[split],
+            len(split_rows),
+        )
+    mark_prepared(save_folder, settings)
+
+
+def _read_meta(meta, audio):
+    """One manifest row (without duration) per line of meta/esc50.csv."""
+    with open(meta, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        missing = [c for c in META_COLUMNS if c not in header]
+        if missing:
+            raise ValueError(
+                f"{DATASET}: {meta} lacks column(s) {missing}; expected the "
+                f"header {','.join(META_COLUMNS)}"
+            )
+        lines = list(reader)
+    if not lines:
+        raise ValueError(f"{DATASET}: {meta} lists no clips")
+
+    rows, missing_files, seen, category_of = [], [], set(), {}
+    for number, line in enumerate(lines, start=2):
+        name = line["filename"]
+        where = f"{DATASET}: {meta} line {number} ({name})"
+        try:
+            fold, target = int(line["fold"]), int(line["target"])
+        except ValueError:
+            raise ValueError(
+                f"{where}: fold and target must be integers"
+            ) from None
+        if fold not in FOLDS or not 0 <= target <= 49:
+            raise ValueError(
+                f"{where}: fold {fold} / target {target} out of range "
+                "(folds 1-5, targets 0-49)"
+            )
+        match = FILENAME.match(name)
+        if not match or (int(match[1]), int(match[4])) != (fold, target):
+            raise ValueError(
+                f"{where}: the file name does not match "
+                f"<fold>-<src_file>-<take>-<target>.wav with fold {fold} and "
+                f"target {target}"
+            )
+        if name in seen:
+            raise ValueError(f"{where}: listed twice")
+        category = category_of.setdefault(target, line["category"])
+        if line["category"] != category:
+            raise ValueError(
+                f"{where}: target {target} is {line['category']!r} here but "
+                f"{category!r} on an earlier line"
+            )
+        seen.add(name)
+        wav = os.path.join(audio, name)
+        if not os.path.isfile(wav):
+            missing_files.append(wav)
+        rows.append(
+            {
+                "ID": os.path.splitext(name)[0],
+                "wav": wav,
+                "label": line["category"],
+                "target": target,
+                "fold": fold,
+            }
+        )
+    if missing_files:
+        raise FileNotFoundError(
+            f"{DATASET}: {len(missing_files)} clip(s) listed in {meta} are "
+            f"missing from {audio}, e.g. {', '.join(missing_files[:3])}; is "
+            "the extracted dataset complete?"
+        )
+    unlisted = sorted(
+        n
+        for n in os.listdir(audio)
+        if n.lower().endswith(".wav") and n not in seen
+    )
+    if unlisted:
+        logger.warning(
+            "%s: ignoring %d file(s) of %s not listed in %s, e.g. %s",
+            DATASET,
+            len(unlisted),
+            audio,
+            meta,
+            ", ".join(unlisted[:3]),
+        )
+    return rows

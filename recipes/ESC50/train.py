@@ -1,0 +1,53 @@
+#!/usr/bin/env python3
+"""Recipe: parameter-efficient transfer learning of a frozen AST on ESC-50
+(50 environmental sound classes, 5 folds).
+
+One yaml per PETL method (``hparams/<method>_esc50.yaml``); one run is one
+fold, chosen with ``--fold`` (1..5) under the ``protocol`` of the yaml:
+``rotation`` (the paper's: train 3 folds, validate on 1, test on 1) or
+``official`` (train 4 folds, test 1; no validation fold exists, so the test
+fold is also the validation set and the reported accuracy is optimistic).
+
+To run this recipe:
+
+    python train.py hparams/conformer_esc50.yaml --data_folder=/path/to/ESC-50-master --fold=1
+
+Authors
+ * speechbrain-petl contributors 2026
+"""
+
+import sys
+
+from esc50_prepare import prepare_esc50
+import speechbrain as sb
+from hyperpyyaml import load_hyperpyyaml
+from speechbrain.utils.distributed import run_on_main
+
+from speechbrain_petl.recipe import train_and_test
+
+
+def main(argv):
+    """Prepares the fold, trains and tests, as the yaml in ``argv`` says."""
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    with open(hparams_file) as fin:
+        hparams = load_hyperpyyaml(fin, overrides)
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"],
+        hyperparams_to_save=hparams_file,
+        overrides=overrides,
+    )
+    run_on_main(
+        prepare_esc50,
+        kwargs={
+            "data_folder": hparams["data_folder"],
+            "save_folder": hparams["save_folder"],
+            "fold": hparams["fold"],
+            "protocol": hparams["protocol"],
+            "skip_prep": hparams["skip_prep"],
+        },
+    )
+    return train_and_test(hparams, run_opts)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

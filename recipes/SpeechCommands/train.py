@@ -1,0 +1,51 @@
+#!/usr/bin/env python3
+"""Recipe: parameter-efficient transfer learning of a frozen AST or Wav2Vec2
+on Google Speech Commands v2 (35 words).
+
+One yaml per PETL method (``hparams/<method>_gsc.yaml``, ``w2v2_*`` for
+Wav2Vec2). Data are prepared from the official release (validation_list.txt
+and testing_list.txt; train = the rest), then the model trains with
+checkpointing (resumable, also mid-epoch with ``--ckpt_interval_minutes``)
+and the best checkpoint by validation accuracy is tested.
+
+To run this recipe:
+
+    python train.py hparams/conformer_gsc.yaml --data_folder=/path/to/speech_commands_v0.02
+
+Authors
+ * speechbrain-petl contributors 2026
+"""
+
+import sys
+
+from speech_commands_prepare import prepare_speech_commands
+import speechbrain as sb
+from hyperpyyaml import load_hyperpyyaml
+from speechbrain.utils.distributed import run_on_main
+
+from speechbrain_petl.recipe import train_and_test
+
+
+def main(argv):
+    """Prepares the data, trains and tests, as the yaml in ``argv`` says."""
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    with open(hparams_file) as fin:
+        hparams = load_hyperpyyaml(fin, overrides)
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"],
+        hyperparams_to_save=hparams_file,
+        overrides=overrides,
+    )
+    run_on_main(
+        prepare_speech_commands,
+        kwargs={
+            "data_folder": hparams["data_folder"],
+            "save_folder": hparams["save_folder"],
+            "skip_prep": hparams["skip_prep"],
+        },
+    )
+    return train_and_test(hparams, run_opts)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

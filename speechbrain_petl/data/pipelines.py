@@ -1,0 +1,84 @@
+"""Datasets of the classification recipes, built from prepared manifests.
+
+Every recipe's preparation writes ``train.csv``, ``valid.csv`` and
+``test.csv`` (columns ``ID, duration, wav, label`` plus extras); this module
+turns them into SpeechBrain ``DynamicItemDataset`` objects yielding ``id``,
+``sig`` (16 kHz mono waveform) and ``label_encoded``.
+"""
+
+import csv
+import os
+
+import speechbrain as sb
+
+from speechbrain_petl.data.audio import load_audio
+
+def read_labels(csv_path):
+    """The set of labels in a manifest's ``label`` column."""
+    with open(csv_path, newline="") as fin:
+        reader = csv.DictReader(fin)
+        if "label" not in (reader.fieldnames or []):
+            raise KeyError(f"{csv_path} has no 'label' column; columns: {reader.fieldnames}")
+        return {row["label"] for row in reader}
+
+
+def classification_datasets(hparams):
+    """Train/valid/test datasets and a fitted label encoder.
+
+    Reads ``train_csv``, ``valid_csv``, ``test_csv``, ``label_encoder``,
+    ``save_folder`` and the optional ``sample_rate`` (default 16000) and
+    ``max_audio_samples`` (crop longer clips) from ``hparams``. The encoder
+    maps the sorted training labels to 0..K-1 and is saved as
+    ``<save_folder>/label_encoder.txt`` (reloaded, never rebuilt, on resume).
+
+    Returns
+    -------
+    dict
+        ``{"train": ..., "valid": ..., "test": ...}``.
+    """
+    sample_rate = hparams.get("sample_rate", 16000)
+    max_samples = hparams.get("max_audio_samples")
+    encoder = hparams["label_encoder"]
+    paths = {
+        "train": hparams["train_csv"],
+        "valid": hparams["valid_csv"],
+        "test": hparams["test_csv"],
+    }
+
+    train_labels = read_labels(paths["train"])
+    encoder.load_or_create(
+        path=os.path.join(hparams["save_folder"], "label_encoder.txt"),
+        from_iterables=[sorted(train_labels)],
+    )
+    encoder.expect_len(len(encoder))
+    n_classes = hparams.get("n_classes")
+    if n_classes is not None and len(encoder) > n_classes:
+        raise ValueError(
+            f"{paths['train']} has {len(encoder)} labels but n_classes is {n_classes}."
+        )
+    for split in ("valid", "test"):
+        unknown = read_labels(paths[split]) - set(encoder.lab2ind)
+        if unknown:
+            raise ValueError(
+                f"{paths[split]} has labels never seen in training: {sorted(unknown)[:10]}"
+            )
+
+    @sb.utils.data_pipeline.takes("wav")
+    @sb.utils.data_pipeline.provides("sig")
+    def audio_pipeline(wav):
+        sig = load_audio(wav, sample_rate)
+        return sig if max_samples is None else sig[:max_samples]
+
+    @sb.utils.data_pipeline.takes("label")
+    @sb.utils.data_pipeline.provides("label_encoded")
+    def label_pipeline(label):
+        return encoder.encode_label_torch(label)
+
+    return {
+        split: sb.dataio.dataset.DynamicItemDataset.from_csv(
+            csv_path=path,
+            dynamic_items=[audio_pipeline, label_pipeline],
+            output_keys=["id", "sig", "label_encoded"],
+        )
+        for split, path in paths.items()
+    }

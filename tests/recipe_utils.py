@@ -1,0 +1,51 @@
+"""Importing a recipe's modules (``recipes/<Recipe>/<module>.py``) in tests.
+
+Recipe scripts are standalone files, not a package: they are meant to be run
+from their own folder, where they import their sibling modules by plain name
+(``from esc50_prepare import prepare_esc50``). :func:`load_recipe_module`
+imports one under a unique name, with its folder on ``sys.path`` while it is
+being executed, so that such sibling imports work.
+"""
+
+import importlib.util
+import pathlib
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+RECIPES = REPO / "recipes"
+
+
+def load_recipe_module(recipe, module):
+    """Imports ``recipes/<recipe>/<module>.py`` (once; later calls return the
+    same module object).
+
+    Arguments
+    ---------
+    recipe : str
+        Folder under ``recipes/``, e.g. ``"ESC50"``.
+    module : str
+        File name without ``.py``, e.g. ``"esc50_prepare"``.
+
+    Returns
+    -------
+    module
+    """
+    folder = RECIPES / recipe
+    path = folder / f"{module}.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"no recipe module {path}")
+    name = f"_recipe_{recipe}_{module}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    loaded = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(folder))
+    sys.modules[name] = loaded
+    try:
+        spec.loader.exec_module(loaded)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    finally:
+        sys.path.remove(str(folder))
+    return loaded
