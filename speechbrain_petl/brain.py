@@ -9,9 +9,10 @@ batches with ``id``, ``sig`` (waveforms, relative lengths) and
   ``epoch_counter`` and ``number_of_epochs``;
 * optional ``augmentation``: applied to the backbone's input features at
   training time only (e.g. SpecAugment on AST's fbank);
-* optional ``lr_scheduler``: a ``!name:`` torch scheduler built on the
-  optimizer with ``T_max`` = total optimizer steps and stepped every batch
-  (e.g. ``torch.optim.lr_scheduler.CosineAnnealingLR``);
+* optional ``lr_scheduler``: a ``!name:`` scheduler factory called as
+  ``factory(optimizer, total_steps=...)`` (total optimizer steps over all
+  epochs) and stepped every batch, e.g.
+  :func:`speechbrain_petl.schedulers.warmup_cosine`;
 * optional ``test_stats_file`` / ``test_predictions_file``: where the test
   stage writes per-class accuracy, confusion and per-clip predictions.
 
@@ -148,7 +149,9 @@ class ClassificationBrain(sb.Brain):
         if self.steps_per_epoch is None:
             raise RuntimeError("lr_scheduler needs the training loader: call fit() with a train set.")
         steps = math.ceil(self.steps_per_epoch / self.grad_accumulation_factor)
-        self.lr_scheduler = make_scheduler(self.optimizer, T_max=steps * self.hparams.number_of_epochs)
+        self.lr_scheduler = make_scheduler(
+            self.optimizer, total_steps=steps * self.hparams.number_of_epochs
+        )
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("lr_scheduler", self.lr_scheduler)
 

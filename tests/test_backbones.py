@@ -186,3 +186,29 @@ def test_frozen_backbone_has_no_trainable_parameter_and_stays_in_eval(kind, tiny
 def test_save_tiny_helpers_randomise_position_embeddings(tmp_path):
     folder = save_tiny_ast(tmp_path / "ast", seed=3)
     assert ASTModel.from_pretrained(folder).embeddings.position_embeddings.abs().mean() > 0.01
+
+
+def test_save_pretrained_round_trip_keeps_fine_tuned_weights(tmp_path, tiny_ast_dir):
+    from speechbrain_petl.methods import FullFineTuning, LoRA
+
+    lobe = AST(tiny_ast_dir, max_frames=32, petl=FullFineTuning()).eval()
+    with torch.no_grad():
+        lobe.layers[1].mlp.fc1.linear.weight.add_(0.5)
+        lobe.pos_embed.mul_(2.0)
+    lobe.save_pretrained(tmp_path / "tuned")
+    reloaded = AST(str(tmp_path / "tuned"), max_frames=32).eval()
+    wavs = torch.randn(2, 8000)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(wavs), lobe(wavs))
+    with pytest.raises(FileExistsError, match="already holds a model"):
+        lobe.save_pretrained(tmp_path / "tuned")
+    with pytest.raises(RuntimeError, match="would be lost"):
+        AST(tiny_ast_dir, max_frames=64, petl=LoRA(rank=2)).save_pretrained(tmp_path / "lora")
+
+
+def test_sincos_positions_only_for_random_weights(tiny_ast_dir):
+    lobe = AST(tiny_ast_config(), pretrained=False, max_frames=64, init_positions="sincos")
+    assert lobe.pos_embed[0, 2:].abs().mean() > 0.1
+    assert torch.equal(lobe.pos_embed[0, :2], torch.zeros(2, 32))
+    with pytest.raises(ValueError, match="only applies to pretrained=False"):
+        AST(tiny_ast_dir, max_frames=64, init_positions="sincos")

@@ -46,6 +46,11 @@ class AST(Backbone):
         Sampling rate of the input waveforms.
     feature_mean, feature_std : float
         Fbank normalisation statistics (AudioSet's by default).
+    init_positions : str, optional
+        ``"sincos"`` starts the positional embeddings of a randomly
+        initialised AST (``pretrained=False``) at fixed 2-D sine-cosine
+        values instead of Hugging Face's zeros: training from scratch then
+        knows where each patch is from the first step.
 
     Example
     -------
@@ -71,8 +76,13 @@ class AST(Backbone):
         sample_rate=16000,
         feature_mean=AUDIOSET_MEAN,
         feature_std=AUDIOSET_STD,
+        init_positions=None,
     ):
         super().__init__(pooling=pooling)
+        if init_positions not in (None, "sincos"):
+            raise ValueError(f"init_positions must be None or 'sincos', got {init_positions!r}")
+        if init_positions and pretrained:
+            raise ValueError("init_positions only applies to pretrained=False: it would overwrite trained embeddings.")
         model = load_model(ASTModel, ASTConfig, source, pretrained)
         config = model.config
         patch = config.patch_size
@@ -97,18 +107,27 @@ class AST(Backbone):
         self.patch_embed = embeddings.patch_embeddings.projection
         self.cls_token = embeddings.cls_token
         self.dist_token = embeddings.distillation_token
-        self.pos_embed = nn.Parameter(
-            adapt_position_embeddings(
-                embeddings.position_embeddings.data,
-                source_grid=patch_grid(config, config.max_length),
-                target_grid=patch_grid(config, max_frames),
+        if init_positions == "sincos":
+            with torch.no_grad():
+                embeddings.position_embeddings.copy_(
+                    sincos_position_embeddings(patch_grid(config, config.max_length), config.hidden_size)
+                )
+        if max_frames == config.max_length:
+            self.pos_embed = embeddings.position_embeddings  # shared with the HF model
+        else:
+            self.pos_embed = nn.Parameter(
+                adapt_position_embeddings(
+                    embeddings.position_embeddings.data,
+                    source_grid=patch_grid(config, config.max_length),
+                    target_grid=patch_grid(config, max_frames),
+                )
             )
-        )
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.layers = nn.ModuleList(
             [_restate_layer(layer, config) for layer in _hf_layers(model)]
         )
         self.final_norm = NormSite(model.layernorm)
+        self._keep_hf_model(model)
         self._finish_init(petl)
 
     def embed(self, wavs, wav_lens=None, augment=None):
@@ -129,6 +148,11 @@ class AST(Backbone):
         )
         return self.dropout(x + self.pos_embed), None
 
+    def _sync_hf_model(self, model):
+        if model.embeddings.position_embeddings is not self.pos_embed:
+            model.embeddings.position_embeddings = self.pos_embed
+            model.config.max_length = self.max_frames
+
     def architecture(self):
         return {
             **super().architecture(),
@@ -143,6 +167,32 @@ def patch_grid(config, frames):
     freq = (config.num_mel_bins - config.patch_size) // config.frequency_stride + 1
     time = (frames - config.patch_size) // config.time_stride + 1
     return freq, time
+
+
+def sincos_position_embeddings(grid, width):
+    """Fixed 2-D sine-cosine position embeddings ``(1, 2 + F*T, width)``:
+    half of the channels encode the frequency index, half the time index;
+    the two special tokens get zeros.
+
+    Example
+    -------
+    >>> sincos_position_embeddings((2, 3), 8).shape
+    torch.Size([1, 8, 8])
+    """
+    if width % 4:
+        raise ValueError(f"width must be a multiple of 4 for 2-D sin-cos embeddings, got {width}")
+    freq, time = grid
+
+    def encode(positions, channels):
+        rates = 1.0 / (10000 ** (torch.arange(channels // 2, dtype=torch.float64) / (channels // 2)))
+        angles = positions.double()[:, None] * rates[None]
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    f_index, t_index = torch.meshgrid(torch.arange(freq), torch.arange(time), indexing="ij")
+    grid_embed = torch.cat(
+        [encode(f_index.flatten(), width // 2), encode(t_index.flatten(), width // 2)], dim=1
+    )
+    return torch.cat([torch.zeros(2, width, dtype=torch.float64), grid_embed]).float().unsqueeze(0)
 
 
 def adapt_position_embeddings(pos_embed, source_grid, target_grid):

@@ -17,6 +17,7 @@ class then
 
 import abc
 import logging
+import os
 
 import torch
 from torch import nn
@@ -71,6 +72,33 @@ class Backbone(nn.Module, abc.ABC):
             param.requires_grad_(False)
         for name, method in _as_named_methods(petl):
             self.attach(method, name)
+
+    def _keep_hf_model(self, model):
+        # Kept unregistered: its weights are the lobe's own (shared objects),
+        # registering it would duplicate them in every state_dict.
+        self.__dict__["_hf_model"] = model
+
+    def _sync_hf_model(self, model):
+        """Copies lobe-side changes back into the Hugging Face model."""
+
+    def save_pretrained(self, folder):
+        """Writes the backbone (with any fine-tuned weights) as a Hugging Face
+        ``save_pretrained`` folder, loadable as ``source`` by this lobe.
+
+        PETL modules are not part of it: refuses when a method owns trained
+        tensors that the folder would silently leave out.
+        """
+        lost = [name for name, method in self.petl.items() if any(True for _ in method.parameters())]
+        if lost:
+            raise RuntimeError(
+                f"save_pretrained writes the backbone only; the PETL methods {lost} "
+                "would be lost. Save them with a checkpoint instead."
+            )
+        if os.path.exists(os.path.join(folder, "config.json")):
+            raise FileExistsError(f"{folder} already holds a model (config.json); choose a new folder.")
+        model = self.__dict__["_hf_model"]
+        self._sync_hf_model(model)
+        model.save_pretrained(folder)
 
     @property
     def num_layers(self):

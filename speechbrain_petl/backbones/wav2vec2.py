@@ -95,6 +95,7 @@ class Wav2Vec2(Backbone):
         else:
             self.input_norm = model.encoder.layer_norm
             self.final_norm = None
+        self._keep_hf_model(model)
         self._finish_init(petl)
 
     def final_norm_site(self):
