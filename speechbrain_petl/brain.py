@@ -26,6 +26,7 @@ import math
 import speechbrain as sb
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from speechbrain.utils.distributed import if_main_process
 from speechbrain.utils.metric_stats import ClassificationStats
 
@@ -154,6 +155,20 @@ class ClassificationBrain(sb.Brain):
         )
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("lr_scheduler", self.lr_scheduler)
+
+    def _wrap_distributed(self):
+        """SpeechBrain's DDP wrapping, except that BatchNorm layers (in the
+        Conformer adapter) become SyncBatchNorm only on CUDA, the one place
+        SyncBatchNorm works; on CPU (gloo) each process keeps plain BatchNorm
+        statistics of its shard while gradients are still averaged."""
+        if self.distributed_launch and not str(self.device).startswith("cuda"):
+            for name, module in self.modules.items():
+                if any(p.requires_grad for p in module.parameters()):
+                    self.modules[name] = DistributedDataParallel(
+                        module, device_ids=None, find_unused_parameters=self.find_unused_parameters
+                    )
+            return
+        super()._wrap_distributed()
 
     @property
     def backbone(self):

@@ -1,13 +1,45 @@
-"""What every classification recipe's ``train.py`` does after preparing its
-data: build the datasets, train with checkpoints, test the best checkpoint.
+"""What every classification recipe's ``train.py`` shares.
 
-A recipe's ``train.py`` is SpeechBrain's usual prologue (parse arguments,
-load the yaml, create the experiment folder), its dataset's preparation under
-``run_on_main``, and one call to :func:`train_and_test`.
+A recipe's ``train.py`` reads::
+
+    hparams, run_opts = setup_experiment(argv, script=__file__)
+    run_on_main(prepare_<dataset>, kwargs={...})   # the dataset-specific part
+    return train_and_test(hparams, run_opts)
 """
+
+import os
+import shutil
+
+import speechbrain as sb
+from hyperpyyaml import load_hyperpyyaml
 
 from speechbrain_petl.brain import ClassificationBrain
 from speechbrain_petl.data.pipelines import classification_datasets
+
+
+def setup_experiment(argv, script):
+    """SpeechBrain's prologue: parses ``hparams.yaml --key=value ...``, joins
+    the DDP process group when launched by ``torchrun``, loads the yaml and
+    creates the experiment folder (resolved hyperparams.yaml,
+    log.txt, env.log, and copies of ``script`` and of this module).
+
+    Returns
+    -------
+    (dict, dict)
+        The hyper-parameters and SpeechBrain's run options.
+    """
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    sb.utils.distributed.ddp_init_group(run_opts)  # no-op unless under torchrun
+    with open(hparams_file) as fin:
+        hparams = load_hyperpyyaml(fin, overrides)
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"],
+        hyperparams_to_save=hparams_file,
+        overrides=overrides,
+    )
+    if sb.utils.distributed.if_main_process():
+        shutil.copy(os.path.realpath(script), hparams["output_folder"])
+    return hparams, run_opts
 
 
 def train_and_test(hparams, run_opts):

@@ -18,7 +18,13 @@ import time
 import pytest
 import torch
 
-from mini_datasets import make_esc50, make_speech_commands
+from mini_datasets import (
+    make_esc50,
+    make_fluent_speech_commands,
+    make_iemocap,
+    make_speech_commands,
+    make_urbansound8k,
+)
 from speechbrain_petl.inference import AudioClassifier
 from speechbrain_petl.methods import FullFineTuning
 from recipe_utils import REPO, load_recipe_module
@@ -41,6 +47,9 @@ def mini_data(tmp_path_factory):
     return {
         "SpeechCommands": str(make_speech_commands(root / "speech_commands_v0.02")),
         "ESC50": str(make_esc50(root / "ESC-50-master")),
+        "UrbanSound8k": str(make_urbansound8k(root / "UrbanSound8K")),
+        "FluentSpeechCommands": str(make_fluent_speech_commands(root / "fluent_speech_commands_dataset")),
+        "IEMOCAP": str(make_iemocap(root / "IEMOCAP_full_release")),
     }
 
 

@@ -19,23 +19,14 @@ Authors
 import sys
 
 from speech_commands_prepare import prepare_speech_commands
-import speechbrain as sb
-from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import run_on_main
 
-from speechbrain_petl.recipe import train_and_test
+from speechbrain_petl.recipe import setup_experiment, train_and_test
 
 
 def main(argv):
     """Prepares the data, trains and tests, as the yaml in ``argv`` says."""
-    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
-    with open(hparams_file) as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"],
-        hyperparams_to_save=hparams_file,
-        overrides=overrides,
-    )
+    hparams, run_opts = setup_experiment(argv, script=__file__)
     run_on_main(
         prepare_speech_commands,
         kwargs={

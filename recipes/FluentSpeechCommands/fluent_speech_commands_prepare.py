@@ -1,0 +1,227 @@
+"""Data preparation for Fluent Speech Commands (intent classification).
+
+Expected layout of ``data_folder`` (the extracted
+``fluent_speech_commands_dataset`` folder)::
+
+    data/train_data.csv     ,path,speakerId,transcription,action,object,
+    data/valid_data.csv     location   (the first, unnamed column is a row
+    data/test_data.csv      index); e.g.
+        0,wavs/speakers/2BqVo8kVB2Skwgyb/0a3129c0-4474-11e9-a9a5-5dbec3b8816a.wav,2BqVo8kVB2Skwgyb,Change language,change language,none,none
+    wavs/speakers/<speakerId>/<uuid>.wav     16 kHz mono clips
+
+The three splits are the official csv files (their speakers are disjoint).
+The class is the utterance's intent, ``<action>_<object>_<location>`` with
+the csv's values as they are, e.g. ``activate_lights_kitchen``,
+``increase_volume_none`` or ``change language_Chinese_none`` (the action
+``change language`` holds a space); the real dataset has 31 intents.
+
+Writes ``train.csv``, ``valid.csv`` and ``test.csv`` to ``save_folder`` with
+columns ``ID, duration, wav, label, speaker, transcription`` (``ID`` is the
+clip's file name without ``.wav``, ``label`` the intent). Nothing is written
+inside ``data_folder``.
+
+Example
+-------
+>>> from fluent_speech_commands_prepare import prepare_fluent_speech_commands
+>>> prepare_fluent_speech_commands(
+...     "/data/fluent_speech_commands_dataset", "results/fsc/save"
+... )  # doctest: +SKIP
+"""
+
+import csv
+import logging
+import os
+
+from speechbrain_petl.data import (
+    check_save_folder,
+    filter_bad_clips,
+    invalidate_preparation,
+    mark_prepared,
+    preparation_is_current,
+    require_file,
+    write_manifest,
+)
+
+logger = logging.getLogger(__name__)
+
+# Bump whenever the manifests' content or format changes, so that outputs of
+# an older version of this script are never reused.
+PREP_VERSION = 1
+
+SPLITS = ("train", "valid", "test")
+CSV_FILES = {split: f"data/{split}_data.csv" for split in SPLITS}
+CSV_COLUMNS = ("path", "speakerId", "transcription", "action", "object",
+               "location")
+OUTPUTS = ("train.csv", "valid.csv", "test.csv")
+FIELDNAMES = ("ID", "duration", "wav", "label", "speaker", "transcription")
+DATASET = "Fluent Speech Commands"
+LAYOUT_HINT = (
+    "is data_folder the extracted fluent_speech_commands_dataset folder "
+    "(containing data/train_data.csv, data/valid_data.csv, "
+    "data/test_data.csv and wavs/speakers/)?"
+)
+
+
+def intent_label(action, obj, location):
+    """The class label of an utterance: its three slots joined by ``_``.
+
+    Example
+    -------
+    >>> intent_label("activate", "lights", "kitchen")
+    'activate_lights_kitchen'
+    >>> intent_label("change language", "none", "none")
+    'change language_none_none'
+    """
+    return f"{action}_{obj}_{location}"
+
+
+def prepare_fluent_speech_commands(
+    data_folder, save_folder, max_bad_fraction=0.01, skip_prep=False
+):
+    """Writes the train/valid/test manifests of Fluent Speech Commands.
+
+    Skipped when ``save_folder`` already holds the three manifests of a
+    preparation with the same settings (data folder, ``max_bad_fraction``,
+    script version). Every clip is decoded once; unusable clips are dropped
+    and listed in ``<save_folder>/bad_clips.log``.
+
+    Arguments
+    ---------
+    data_folder : str
+        The extracted ``fluent_speech_commands_dataset`` folder (see the
+        module's docstring).
+    save_folder : str
+        Where the manifests are written (never inside ``data_folder``).
+    max_bad_fraction : float
+        Largest tolerated fraction of unusable clips before giving up.
+    skip_prep : bool
+        If True, does nothing.
+
+    Raises
+    ------
+    FileNotFoundError
+        A csv file or a listed clip is missing.
+    ValueError
+        A csv file lacks a column, has an empty path/speaker/slot field, or
+        a clip is listed twice.
+    RuntimeError
+        More than ``max_bad_fraction`` of the clips are unusable.
+    """
+    if skip_prep:
+        logger.info("skip_prep=True: not preparing Fluent Speech Commands")
+        return
+    data_folder = os.path.abspath(os.fspath(data_folder))
+    save_folder = os.path.abspath(os.fspath(save_folder))
+    check_save_folder(data_folder, save_folder)
+    csv_paths = {
+        split: require_file(
+            os.path.join(data_folder, *rel.split("/")), DATASET, data_folder,
+            LAYOUT_HINT,
+        )
+        for split, rel in CSV_FILES.items()
+    }
+    settings = {
+        "dataset": "fluent_speech_commands",
+        "data_folder": data_folder,
+        "max_bad_fraction": max_bad_fraction,
+        "version": PREP_VERSION,
+    }
+    if preparation_is_current(save_folder, settings, OUTPUTS):
+        return
+
+    rows, split_of, missing, first_line = [], {}, [], {}
+    for split in SPLITS:
+        for row, where in _read_csv(csv_paths[split], data_folder):
+            if row["ID"] in first_line:
+                raise ValueError(
+                    f"{DATASET}: {where} lists the clip {row['ID']}.wav, "
+                    f"already listed at {first_line[row['ID']]}; every clip "
+                    "must be listed once"
+                )
+            first_line[row["ID"]] = where
+            if not os.path.isfile(row["wav"]):
+                missing.append(f"{where}: {row['wav']}")
+            split_of[row["ID"]] = split
+            rows.append(row)
+    if missing:
+        raise FileNotFoundError(
+            f"{DATASET}: {len(missing)} listed clip(s) are missing, e.g. "
+            f"{'; '.join(missing[:3])}; is the extracted dataset complete?"
+        )
+    intents = sorted({row["label"] for row in rows})
+    logger.info(
+        "%s: %d clips, %d intents", DATASET, len(rows), len(intents)
+    )
+
+    os.makedirs(save_folder, exist_ok=True)
+    invalidate_preparation(save_folder)
+    good = filter_bad_clips(
+        rows, save_folder, max_bad_fraction=max_bad_fraction
+    )
+    for split in SPLITS:
+        split_rows = [r for r in good if split_of[r["ID"]] == split]
+        if not split_rows:
+            raise RuntimeError(
+                f"{DATASET}: the {split} split ({csv_paths[split]}) is empty "
+                "after removing bad clips"
+            )
+        write_manifest(
+            os.path.join(save_folder, f"{split}.csv"), split_rows, FIELDNAMES
+        )
+        logger.info(
+            "%s %s: %d clips, %d speakers, %d intents", DATASET, split,
+            len(split_rows), len({r["speaker"] for r in split_rows}),
+            len({r["label"] for r in split_rows}),
+        )
+    train_intents = {r["label"] for r in good if split_of[r["ID"]] == "train"}
+    unseen = sorted({r["label"] for r in good} - train_intents)
+    if unseen:
+        logger.warning(
+            "%s: intent(s) %s never occur in the training split", DATASET,
+            unseen,
+        )
+    mark_prepared(save_folder, settings)
+
+
+def _read_csv(csv_path, data_folder):
+    """Yields ``(row, where)`` for each line of one split's csv file, where
+    ``row`` is a manifest row without duration and ``where`` names the csv
+    line."""
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        absent = [c for c in CSV_COLUMNS if c not in header]
+        if absent:
+            raise ValueError(
+                f"{DATASET}: {csv_path} lacks column(s) {absent}; expected "
+                f"the header ,{','.join(CSV_COLUMNS)} (the first column, "
+                "unnamed, is a row index)"
+            )
+        lines = list(reader)
+    if not lines:
+        raise ValueError(f"{DATASET}: {csv_path} lists no clips")
+    rel_csv = os.path.relpath(csv_path, data_folder).replace(os.sep, "/")
+    for number, line in enumerate(lines, start=2):
+        where = f"{rel_csv} line {number}"
+        empty = [
+            c
+            for c in CSV_COLUMNS
+            if c != "transcription" and not (line[c] or "").strip()
+        ]
+        if empty:
+            raise ValueError(
+                f"{DATASET}: {where} has empty field(s) {empty}"
+            )
+        rel = line["path"].strip().replace("\\", "/")
+        yield (
+            {
+                "ID": os.path.splitext(os.path.basename(rel))[0],
+                "wav": os.path.join(data_folder, *rel.split("/")),
+                "label": intent_label(
+                    line["action"], line["object"], line["location"]
+                ),
+                "speaker": line["speakerId"],
+                "transcription": line["transcription"],
+            },
+            f"{where} ({rel})",
+        )

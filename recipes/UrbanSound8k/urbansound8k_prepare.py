@@ -1,0 +1,326 @@
+"""Data preparation for UrbanSound8K (urban sound classification).
+
+Expected layout of ``data_folder`` (the extracted ``UrbanSound8K`` folder)::
+
+    audio/fold1/100032-3-0-0.wav ...   8,732 clips in 10 folders fold1..fold10;
+                                       named <fsID>-<classID>-<occurrence>-
+                                       <slice>.wav
+    metadata/UrbanSound8K.csv          slice_file_name,fsID,start,end,
+                                       salience,fold,classID,class
+
+The clips are as heterogeneous as their Freesound sources: 8 to 96 kHz, 8-,
+16- and 24-bit PCM or 32-bit float, mono or stereo, at most 4 s and many
+shorter. They are used as they are: preparation decodes each once to check
+it, and the data pipeline down-mixes and resamples to 16 kHz at load time
+(:func:`speechbrain_petl.data.load_audio`).
+
+Splits of the 10 pre-defined folds, for test fold ``k``:
+
+* ``protocol="paper"`` (the dataset's 10-fold cross-validation, as in the
+  PETL paper): train = the 9 other folds, test = fold k. There is no
+  validation fold: ``valid.csv`` is written identical to ``test.csv`` (a
+  warning says so), so validation scores are test scores;
+* ``protocol="validation"``: test = fold k, valid = fold (k mod 10) + 1,
+  train = the 8 other folds.
+
+Writes ``train.csv``, ``valid.csv`` and ``test.csv`` to ``save_folder`` with
+columns ``ID, duration, wav, label, classID, fold`` (``label`` is the class
+name, e.g. ``dog_bark``; ``classID`` its index 0-9). Nothing is written
+inside ``data_folder``.
+
+Example
+-------
+>>> from urbansound8k_prepare import prepare_urbansound8k
+>>> prepare_urbansound8k("/data/UrbanSound8K", "results/us8k/save", fold=10)
+... # doctest: +SKIP
+"""
+
+import csv
+import logging
+import numbers
+import os
+import re
+
+from speechbrain_petl.data import (
+    check_save_folder,
+    filter_bad_clips,
+    invalidate_preparation,
+    mark_prepared,
+    preparation_is_current,
+    require_file,
+    require_folder,
+    write_manifest,
+)
+
+logger = logging.getLogger(__name__)
+
+# Bump whenever the manifests' content or format changes, so that outputs of
+# an older version of this script are never reused.
+PREP_VERSION = 1
+
+FOLDS = tuple(range(1, 11))
+PROTOCOLS = ("paper", "validation")
+# The 10 classes, indexed by classID.
+CLASSES = (
+    "air_conditioner", "car_horn", "children_playing", "dog_bark",
+    "drilling", "engine_idling", "gun_shot", "jackhammer", "siren",
+    "street_music",
+)  # fmt: skip
+META_COLUMNS = ("slice_file_name", "fsID", "start", "end", "salience",
+                "fold", "classID", "class")
+OUTPUTS = ("train.csv", "valid.csv", "test.csv")
+FIELDNAMES = ("ID", "duration", "wav", "label", "classID", "fold")
+DATASET = "UrbanSound8K"
+LAYOUT_HINT = (
+    "is data_folder the extracted UrbanSound8K folder (containing "
+    "audio/fold1..fold10/ and metadata/UrbanSound8K.csv)?"
+)
+# <fsID>-<classID>-<occurrenceID>-<sliceID>.wav
+FILENAME = re.compile(r"^(\d+)-(\d+)-(\d+)-(\d+)\.wav$")
+
+
+def split_folds(fold, protocol):
+    """The folds of each split for test fold ``fold``.
+
+    Arguments
+    ---------
+    fold : int
+        Test fold, 1 to 10.
+    protocol : str
+        ``"paper"`` or ``"validation"`` (see the module's docstring).
+
+    Returns
+    -------
+    dict
+        ``{"train": [...], "valid": [...], "test": [...]}``.
+
+    Example
+    -------
+    >>> split_folds(10, "validation")
+    {'train': [2, 3, 4, 5, 6, 7, 8, 9], 'valid': [1], 'test': [10]}
+    >>> split_folds(3, "paper")
+    {'train': [1, 2, 4, 5, 6, 7, 8, 9, 10], 'valid': [3], 'test': [3]}
+    """
+    _check_fold_and_protocol(fold, protocol)
+    if protocol == "validation":
+        valid = fold % 10 + 1
+        train = [f for f in FOLDS if f not in (fold, valid)]
+        return {"train": train, "valid": [valid], "test": [fold]}
+    train = [f for f in FOLDS if f != fold]
+    return {"train": train, "valid": [fold], "test": [fold]}
+
+
+def _check_fold_and_protocol(fold, protocol):
+    if (
+        not isinstance(fold, numbers.Integral)
+        or isinstance(fold, bool)
+        or fold not in FOLDS
+    ):
+        raise ValueError(
+            f"{DATASET}: fold must be an integer from 1 to 10, got {fold!r}"
+        )
+    if protocol not in PROTOCOLS:
+        raise ValueError(
+            f"{DATASET}: protocol must be one of {PROTOCOLS}, got "
+            f"{protocol!r}"
+        )
+
+
+def prepare_urbansound8k(
+    data_folder,
+    save_folder,
+    fold=10,
+    protocol="paper",
+    max_bad_fraction=0.01,
+    skip_prep=False,
+):
+    """Writes the train/valid/test manifests of UrbanSound8K for one test
+    fold.
+
+    Skipped when ``save_folder`` already holds the three manifests of a
+    preparation with the same settings (data folder, fold, protocol,
+    ``max_bad_fraction``, script version). Every clip is decoded once;
+    unusable clips are dropped and listed in ``<save_folder>/bad_clips.log``.
+
+    Arguments
+    ---------
+    data_folder : str
+        The extracted ``UrbanSound8K`` folder (see the module's docstring).
+    save_folder : str
+        Where the manifests are written (never inside ``data_folder``).
+    fold : int
+        Test fold, 1 to 10.
+    protocol : str
+        ``"paper"`` (train on the 9 other folds; ``valid.csv`` = ``test.csv``)
+        or ``"validation"`` (validate on fold ``fold % 10 + 1``).
+    max_bad_fraction : float
+        Largest tolerated fraction of unusable clips before giving up.
+    skip_prep : bool
+        If True, does nothing.
+
+    Raises
+    ------
+    ValueError
+        Bad ``fold``/``protocol``, or inconsistent metadata.
+    FileNotFoundError
+        ``metadata/UrbanSound8K.csv``, a fold folder or a listed clip is
+        missing.
+    RuntimeError
+        More than ``max_bad_fraction`` of the clips are unusable.
+    """
+    if skip_prep:
+        logger.info("skip_prep=True: not preparing UrbanSound8K")
+        return
+    folds = split_folds(fold, protocol)
+    data_folder = os.path.abspath(os.fspath(data_folder))
+    save_folder = os.path.abspath(os.fspath(save_folder))
+    check_save_folder(data_folder, save_folder)
+    meta = require_file(
+        os.path.join(data_folder, "metadata", "UrbanSound8K.csv"), DATASET,
+        data_folder, LAYOUT_HINT,
+    )
+    audio = require_folder(
+        os.path.join(data_folder, "audio"), DATASET, data_folder, LAYOUT_HINT
+    )
+    for k in FOLDS:
+        require_folder(
+            os.path.join(audio, f"fold{k}"), DATASET, data_folder,
+            LAYOUT_HINT,
+        )
+    settings = {
+        "dataset": "urbansound8k",
+        "data_folder": data_folder,
+        "fold": int(fold),
+        "protocol": protocol,
+        "max_bad_fraction": max_bad_fraction,
+        "version": PREP_VERSION,
+    }
+    if preparation_is_current(save_folder, settings, OUTPUTS):
+        return
+
+    rows = _read_meta(meta, audio)
+    os.makedirs(save_folder, exist_ok=True)
+    invalidate_preparation(save_folder)
+    good = filter_bad_clips(
+        rows, save_folder, max_bad_fraction=max_bad_fraction
+    )
+    if protocol == "paper":
+        logger.warning(
+            "%s protocol='paper' has no validation fold: valid.csv is a copy "
+            "of test.csv (fold %d), so validation scores are test scores; do "
+            "not select checkpoints or hyperparameters on them",
+            DATASET,
+            fold,
+        )
+    for split in ("train", "valid", "test"):
+        split_rows = [r for r in good if r["fold"] in folds[split]]
+        if not split_rows:
+            raise RuntimeError(
+                f"{DATASET}: the {split} split (folds {folds[split]}) is "
+                "empty after removing bad clips"
+            )
+        write_manifest(
+            os.path.join(save_folder, f"{split}.csv"), split_rows, FIELDNAMES
+        )
+        logger.info(
+            "%s %s: folds %s, %d clips", DATASET, split, folds[split],
+            len(split_rows),
+        )
+    mark_prepared(save_folder, settings)
+
+
+def _read_meta(meta, audio):
+    """One manifest row (without duration) per line of UrbanSound8K.csv."""
+    with open(meta, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        missing = [c for c in META_COLUMNS if c not in header]
+        if missing:
+            raise ValueError(
+                f"{DATASET}: {meta} lacks column(s) {missing}; expected the "
+                f"header {','.join(META_COLUMNS)}"
+            )
+        lines = list(reader)
+    if not lines:
+        raise ValueError(f"{DATASET}: {meta} lists no clips")
+
+    rows, missing_files, seen, class_of = [], [], set(), {}
+    for number, line in enumerate(lines, start=2):
+        name = line["slice_file_name"]
+        where = f"{DATASET}: {meta} line {number} ({name})"
+        try:
+            fold, class_id = int(line["fold"]), int(line["classID"])
+        except ValueError:
+            raise ValueError(
+                f"{where}: fold and classID must be integers"
+            ) from None
+        if fold not in FOLDS or not 0 <= class_id < len(CLASSES):
+            raise ValueError(
+                f"{where}: fold {fold} / classID {class_id} out of range "
+                "(folds 1-10, classIDs 0-9)"
+            )
+        match = FILENAME.match(name)
+        if not match or int(match[2]) != class_id:
+            raise ValueError(
+                f"{where}: the file name does not match "
+                f"<fsID>-<classID>-<occurrence>-<slice>.wav with classID "
+                f"{class_id}"
+            )
+        if name in seen:
+            raise ValueError(f"{where}: listed twice")
+        label = class_of.setdefault(class_id, line["class"])
+        if line["class"] != label:
+            raise ValueError(
+                f"{where}: classID {class_id} is {line['class']!r} here but "
+                f"{label!r} on an earlier line"
+            )
+        seen.add(name)
+        wav = os.path.join(audio, f"fold{fold}", name)
+        if not os.path.isfile(wav):
+            missing_files.append(wav)
+        rows.append(
+            {
+                "ID": os.path.splitext(name)[0],
+                "wav": wav,
+                "label": line["class"],
+                "classID": class_id,
+                "fold": fold,
+            }
+        )
+    if missing_files:
+        raise FileNotFoundError(
+            f"{DATASET}: {len(missing_files)} clip(s) listed in {meta} are "
+            f"missing (each is expected in audio/fold<fold>/), e.g. "
+            f"{', '.join(missing_files[:3])}; is the extracted dataset "
+            "complete?"
+        )
+    unknown = sorted(set(class_of.values()) - set(CLASSES))
+    if unknown:
+        logger.warning(
+            "%s: class name(s) %s are not among the 10 UrbanSound8K classes",
+            DATASET, unknown,
+        )
+    _warn_about_unlisted(audio, {row["wav"] for row in rows})
+    return rows
+
+
+def _warn_about_unlisted(audio, listed):
+    unlisted = []
+    for k in FOLDS:
+        folder = os.path.join(audio, f"fold{k}")
+        unlisted += [
+            f"fold{k}/{n}"
+            for n in sorted(os.listdir(folder))
+            # Hidden files (.DS_Store, "._x.wav" forks) are not clips.
+            if n.lower().endswith(".wav") and not n.startswith(".")
+            and os.path.join(folder, n) not in listed
+        ]
+    if unlisted:
+        logger.warning(
+            "%s: ignoring %d file(s) of %s not listed in the metadata, e.g. "
+            "%s",
+            DATASET,
+            len(unlisted),
+            audio,
+            ", ".join(unlisted[:3]),
+        )
