@@ -7,6 +7,7 @@ A recipe's ``train.py`` reads::
     return train_and_test(hparams, run_opts)
 """
 
+import json
 import os
 import shutil
 
@@ -15,6 +16,7 @@ from hyperpyyaml import load_hyperpyyaml
 
 from speechbrain_petl.brain import ClassificationBrain
 from speechbrain_petl.data.pipelines import classification_datasets
+from speechbrain_petl.params import summarize
 
 
 def setup_experiment(argv, script):
@@ -54,6 +56,9 @@ def train_and_test(hparams, run_opts):
         run_opts=run_opts,
         checkpointer=hparams["checkpointer"],
     )
+    if sb.utils.distributed.if_main_process():
+        with open(os.path.join(hparams["output_folder"], "params.json"), "w") as fout:
+            json.dump(summarize(dict(hparams["modules"])), fout)
     brain.fit(
         hparams["epoch_counter"],
         datasets["train"],

@@ -216,3 +216,123 @@ def test_write_manifest_failure_leaves_old_file_and_no_temporary(
         P.write_manifest(path, [{"ID": "new"}], ["ID"])
     assert path.read_text() == "ID\nold\n"
     assert os.listdir(tmp_path) == ["m.csv"]
+
+
+# -------------------------------------------------------- few-shot subsets
+def _labelled(labels):
+    return [{"ID": f"r{i:02d}", "label": c} for i, c in enumerate(labels)]
+
+
+def _ids(rows):
+    return [r["ID"] for r in rows]
+
+
+def test_few_shot_first_keeps_the_first_n_of_each_class_in_order():
+    rows = _labelled("abacbbcaacbc")  # a: 0 2 7 8; b: 1 4 5 10; c: 3 6 9 11
+    before = [dict(r) for r in rows]
+    kept = P.select_few_shot(rows, 2)
+    assert _ids(kept) == ["r00", "r01", "r02", "r03", "r04", "r06"]
+    assert _ids(P.select_few_shot(rows, 3)) == [
+        "r00", "r01", "r02", "r03", "r04", "r05", "r06", "r07", "r09"
+    ]
+    assert _ids(P.select_few_shot(rows, 1)) == ["r00", "r01", "r03"]
+    assert all(any(k is r for r in rows) for k in kept)  # the same rows
+    assert rows == before  # the input is not modified
+    # Another class key.
+    other = [{"ID": r["ID"], "word": r["label"]} for r in rows]
+    assert _ids(P.select_few_shot(other, 1, label_key="word")) == [
+        "r00", "r01", "r03"
+    ]
+    with pytest.raises(ValueError, match="'r00' has no 'label'"):
+        P.select_few_shot(other, 1)
+
+
+def test_few_shot_none_keeps_every_row():
+    rows = _labelled("aab")
+    kept = P.select_few_shot(rows, None, "random", seed=5)
+    assert kept == rows and kept is not rows
+
+
+def test_few_shot_random_is_seeded_per_class_and_keeps_the_order():
+    rows = _labelled("ab" * 10)  # 10 rows per class
+    picks = {s: _ids(P.select_few_shot(rows, 3, "random", seed=s))
+             for s in range(6)}
+    for seed, ids in picks.items():
+        assert ids == _ids(P.select_few_shot(rows, 3, "random", seed=seed))
+        assert ids == sorted(ids)  # original order
+        kept = [r for r in rows if r["ID"] in ids]
+        assert sorted(r["label"] for r in kept) == ["a"] * 3 + ["b"] * 3
+    # C(10, 3)^2 = 14,400 possible picks: six seeds do not all agree, and
+    # not all of them are the first three of each class.
+    assert len({tuple(ids) for ids in picks.values()}) > 1
+    first = _ids(P.select_few_shot(rows, 3, "first"))
+    assert any(ids != first for ids in picks.values())
+    assert picks[0] != picks[1]
+    # A class's draw does not depend on the other classes' rows.
+    only = {c: [{"ID": f"r{2 * i + k:02d}", "label": c} for i in range(10)]
+            for k, c in enumerate("ab")}
+    for seed, ids in picks.items():
+        for c in "ab":
+            alone = _ids(P.select_few_shot(only[c], 3, "random", seed=seed))
+            assert [i for i in ids if i in alone] == alone
+
+
+def test_few_shot_class_with_too_few_rows_keeps_all_with_a_warning(caplog):
+    rows = _labelled("aaaabbcaaa")  # a: 7, b: 2, c: 1
+    for sampling in ("first", "random"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger=P.__name__):
+            kept = P.select_few_shot(rows, 3, sampling, seed=1)
+        assert [r["label"] for r in kept].count("a") == 3
+        assert {r["ID"] for r in kept} >= {"r04", "r05", "r06"}
+        assert len(kept) == 6
+        assert "2 class(es) have fewer than 3" in caplog.text
+        assert "'b' (2), 'c' (1)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=P.__name__):
+        assert len(P.select_few_shot(rows, 1)) == 3
+        assert len(P.select_few_shot(rows, 2)) == 5  # c has 1 < 2
+    assert "'c' (1)" in caplog.text and "'b'" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "shots, sampling, seed, match",
+    [
+        (0, "first", 0, "few_shot must be None .* or an integer >= 1"),
+        (-2, "first", 0, "got -2"),
+        (1.5, "first", 0, "got 1.5"),
+        (2.0, "first", 0, "got 2.0"),
+        (True, "first", 0, "got True"),
+        ("4", "first", 0, "got '4'"),
+        (2, "last", 0, r"few_shot_sampling must be one of \('first', "
+                       r"'random'\), got 'last'"),
+        (2, None, 0, "few_shot_sampling must be one of"),
+        (None, "Random", 0, "few_shot_sampling must be one of"),
+        (2, "random", "0", "few_shot_seed must be an integer, got '0'"),
+        (2, "random", None, "few_shot_seed must be an integer"),
+        (2, "random", 1.0, "few_shot_seed must be an integer"),
+    ],
+)  # fmt: skip
+def test_few_shot_bad_arguments_are_clear_errors(shots, sampling, seed,
+                                                 match):
+    rows = _labelled("aabb")
+    with pytest.raises(ValueError, match=match):
+        P.select_few_shot(rows, shots, sampling, seed)
+    with pytest.raises(ValueError, match=match):
+        P.few_shot_settings(shots, sampling, seed)
+
+
+def test_few_shot_settings_record_only_what_changes_the_manifest():
+    assert P.few_shot_settings(None) == P.few_shot_settings(None, "random", 7)
+    assert P.few_shot_settings(None) == {
+        "few_shot": None, "few_shot_sampling": None, "few_shot_seed": None
+    }
+    assert P.few_shot_settings(4, "first", 1) == P.few_shot_settings(4)
+    assert P.few_shot_settings(4, "random", 1) != P.few_shot_settings(
+        4, "random", 2
+    )
+    assert P.few_shot_settings(4, "random", 1) == {
+        "few_shot": 4, "few_shot_sampling": "random", "few_shot_seed": 1
+    }
+    assert P.few_shot_settings(np.int64(4))["few_shot"] == 4
+    json.dumps(P.few_shot_settings(np.int64(4), "random", np.int64(3)))

@@ -1,6 +1,7 @@
 """recipes/ESC50/esc50_prepare.py on a miniature ESC-50 in the real layout."""
 
 import csv
+import json
 import logging
 import os
 
@@ -263,4 +264,170 @@ def test_all_fifty_classes(tmp_path):
 def test_skip_prep_does_nothing(tmp_path):
     prep.prepare_esc50(tmp_path / "nowhere", tmp_path / "save",
                        skip_prep=True)
+    assert not (tmp_path / "save").exists()
+
+
+# ------------------------------------------------- few-shot training sets
+def _meta_lines(root):
+    with open(root / "meta" / "esc50.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _first_n(lines, n, folds, skip=()):
+    """IDs of the first ``n`` lines of each category among ``folds``, in
+    the order of ``lines``, skipping the file names in ``skip``."""
+    counts, ids = {}, []
+    for line in lines:
+        name, category = line["filename"], line["category"]
+        if int(line["fold"]) in folds and name not in skip:
+            if counts.get(category, 0) < n:
+                counts[category] = counts.get(category, 0) + 1
+                ids.append(name[:-4])
+    return ids
+
+
+def _bytes(save):
+    return {s: (save / f"{s}.csv").read_bytes() for s in SPLITS}
+
+
+def test_few_shot_first_keeps_the_first_n_per_class_in_metadata_order(
+    tmp_path, caplog
+):
+    # 4 clips per class and fold: 12 training clips per class, 4 valid, 4
+    # test (more than few_shot, which must not touch them).
+    esc50 = make_esc50(tmp_path / "data" / "ESC-50-master",
+                       clips_per_class=20)
+    # Reverse meta/esc50.csv (header kept): "first" must follow the file,
+    # not the sorted file names. Then damage the first training clip of one
+    # class: few-shot is applied after dropping unusable clips.
+    meta = esc50 / "meta" / "esc50.csv"
+    header, *lines = meta.read_text().splitlines()
+    meta.write_text("\n".join([header] + lines[::-1]) + "\n")
+    lines = _meta_lines(esc50)
+    train_folds = {3, 4, 5}  # fold 1, rotation
+    bad = next(line["filename"] for line in lines
+               if int(line["fold"]) in train_folds
+               and line["category"] == "pig")
+    corrupt_clip(esc50 / "audio" / bad, "garbage")
+
+    full, few = tmp_path / "full", tmp_path / "few"
+    prep.prepare_esc50(esc50, full, fold=1, max_bad_fraction=0.02)
+    caplog.set_level(logging.INFO)
+    prep.prepare_esc50(esc50, few, fold=1, max_bad_fraction=0.02, few_shot=2)
+    train = _read(few, "train")
+    expected = _first_n(lines, 2, train_folds, skip={bad})
+    assert [r["ID"] for r in train] == expected
+    assert len(expected) == 8 and bad[:-4] not in expected
+    assert sorted(expected) != expected  # the order is the file's
+    # The kept rows are those of the full preparation, unchanged.
+    assert train == [r for r in _read(full, "train") if r["ID"] in expected]
+    assert "few_shot=2 (first sampling): kept 8 of 47 training clips" \
+        in caplog.text
+    for split in ("valid", "test"):
+        assert (few / f"{split}.csv").read_bytes() == (
+            full / f"{split}.csv"
+        ).read_bytes()
+
+
+@pytest.mark.parametrize("protocol", ["rotation", "official"])
+def test_few_shot_random_is_seeded_and_leaves_valid_and_test(
+    esc50_ro, tmp_path, protocol
+):
+    full = tmp_path / "full"
+    prep.prepare_esc50(esc50_ro, full, fold=2, protocol=protocol)
+    full_train = _read(full, "train")
+    picks = {}
+    for seed in range(4):
+        save = tmp_path / f"seed{seed}"
+        prep.prepare_esc50(esc50_ro, save, fold=2, protocol=protocol,
+                           few_shot=3, few_shot_sampling="random",
+                           few_shot_seed=seed)
+        train = _read(save, "train")
+        assert train == [r for r in full_train if r in train]  # in order
+        assert sorted(r["label"] for r in train) == sorted(
+            ["dog", "rooster", "pig", "cow"] * 3
+        )
+        for split in ("valid", "test"):
+            assert (save / f"{split}.csv").read_bytes() == (
+                full / f"{split}.csv"
+            ).read_bytes()
+        picks[seed] = tuple(r["ID"] for r in train)
+    again = tmp_path / "again"
+    prep.prepare_esc50(esc50_ro, again, fold=2, protocol=protocol,
+                       few_shot=3, few_shot_sampling="random",
+                       few_shot_seed=1)
+    assert (again / "train.csv").read_bytes() == (
+        tmp_path / "seed1" / "train.csv"
+    ).read_bytes()
+    # 6 (rotation) or 8 (official) clips per class, 3 drawn: 4 seeds agree
+    # on all 4 classes with a negligible chance; the draw is deterministic.
+    assert len(set(picks.values())) > 1
+    first = _first_n(_meta_lines(esc50_ro), 3,
+                     set(prep.split_folds(2, protocol)["train"]))
+    assert any(list(ids) != first for ids in picks.values())
+
+
+def test_few_shot_settings_change_prepares_again(esc50_ro, tmp_path, caplog):
+    save = tmp_path / "save"
+    prep.prepare_esc50(esc50_ro, save, fold=1)
+    full = _bytes(save)
+    caplog.set_level(logging.INFO)
+
+    def run(expect, **few_shot):
+        caplog.clear()
+        prep.prepare_esc50(esc50_ro, save, fold=1, **few_shot)
+        assert expect in caplog.text
+        return _bytes(save)
+
+    two = run("'few_shot' changed: None -> 2", few_shot=2)
+    assert len(_read(save, "train")) == 8
+    assert (two["valid"], two["test"]) == (full["valid"], full["test"])
+    stamps = {s: os.stat(save / f"{s}.csv").st_mtime_ns for s in SPLITS}
+    run("skipping preparation", few_shot=2)
+    # The seed does not matter to sampling="first": no need to redo.
+    run("skipping preparation", few_shot=2, few_shot_seed=7)
+    assert {s: os.stat(save / f"{s}.csv").st_mtime_ns for s in SPLITS} == \
+        stamps
+    run("'few_shot' changed: 2 -> 3", few_shot=3)
+    assert len(_read(save, "train")) == 12
+    random0 = run("'few_shot_sampling' changed: 'first' -> 'random'",
+                  few_shot=3, few_shot_sampling="random")
+    run("skipping preparation", few_shot=3, few_shot_sampling="random")
+    random5 = run("'few_shot_seed' changed: 0 -> 5", few_shot=3,
+                  few_shot_sampling="random", few_shot_seed=5)
+    assert random0["train"] != random5["train"]
+    assert random0["valid"] == random5["valid"] == full["valid"]
+    back = run("'few_shot' changed: 3 -> None")
+    assert back == full
+    settings = json.loads((save / "preparation_settings.json").read_text())
+    assert (settings["few_shot"], settings["few_shot_sampling"],
+            settings["few_shot_seed"]) == (None, None, None)
+
+
+def test_few_shot_larger_than_a_class_keeps_it_with_a_warning(
+    esc50_ro, tmp_path, caplog
+):
+    prep.prepare_esc50(esc50_ro, tmp_path / "full", fold=1)
+    with caplog.at_level(logging.WARNING):
+        prep.prepare_esc50(esc50_ro, tmp_path / "few", fold=1, few_shot=7)
+    # 6 training clips per class (2 per fold): all kept, each class named.
+    assert _bytes(tmp_path / "few") == _bytes(tmp_path / "full")
+    assert "4 class(es) have fewer than 7 training clips" in caplog.text
+    for category in ("dog", "rooster", "pig", "cow"):
+        assert f"'{category}' (6)" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"few_shot": 0}, "few_shot must be None"),
+        ({"few_shot": 2.5}, "few_shot must be None"),
+        ({"few_shot": 2, "few_shot_sampling": "last"}, "few_shot_sampling"),
+        ({"few_shot": 2, "few_shot_seed": None}, "few_shot_seed"),
+    ],
+)
+def test_bad_few_shot_options_are_clear_errors(esc50_ro, tmp_path, options,
+                                               match):
+    with pytest.raises(ValueError, match=match):
+        prep.prepare_esc50(esc50_ro, tmp_path / "save", **options)
     assert not (tmp_path / "save").exists()

@@ -319,3 +319,103 @@ def test_skip_prep_does_nothing(tmp_path):
     prep.prepare_fluent_speech_commands(tmp_path / "nowhere",
                                         tmp_path / "save", skip_prep=True)
     assert not (tmp_path / "save").exists()
+
+
+# ------------------------------------------------- few-shot training sets
+def _first_n(lines, n, skip=()):
+    """IDs of the first ``n`` lines of each intent, in the order of
+    ``lines``, skipping the paths in ``skip``."""
+    counts, ids = {}, []
+    for line in lines:
+        intent = fsc_intent(line["action"], line["object"], line["location"])
+        if line["path"] not in skip and counts.get(intent, 0) < n:
+            counts[intent] = counts.get(intent, 0) + 1
+            ids.append(os.path.basename(line["path"])[:-4])
+    return ids
+
+
+def test_few_shot_first_keeps_the_first_n_per_intent_in_csv_order(
+    tmp_path, caplog
+):
+    # 2 valid and 2 test speakers: 4 clips per intent there, more than
+    # few_shot, and they must be left alone.
+    fsc = make_fluent_speech_commands(
+        tmp_path / "data" / "fluent_speech_commands_dataset",
+        speakers=(3, 2, 2),
+    )
+    # Reversed train csv: "first" follows the file; a damaged first clip of
+    # an intent is replaced by its next one.
+    _write_source(fsc, "train", _source(fsc, "train")[::-1])
+    lines = _source(fsc, "train")
+    bad = next(line["path"] for line in lines
+               if line["action"] == "bring")
+    corrupt_clip(fsc / bad, "garbage")
+    full, few = tmp_path / "full", tmp_path / "few"
+    prep.prepare_fluent_speech_commands(fsc, full, max_bad_fraction=0.05)
+    caplog.set_level(logging.INFO)
+    prep.prepare_fluent_speech_commands(fsc, few, max_bad_fraction=0.05,
+                                        few_shot=2)
+    train = _read(few, "train")
+    expected = _first_n(lines, 2, skip={bad})
+    assert [r["ID"] for r in train] == expected and len(expected) == 8
+    assert set(expected).isdisjoint(_first_n(lines[::-1], 2))  # not sorted
+    assert train == [r for r in _read(full, "train") if r["ID"] in expected]
+    assert "kept 8 of 23 training clips" in caplog.text
+    for split in ("valid", "test"):
+        assert (few / f"{split}.csv").read_bytes() == (
+            full / f"{split}.csv"
+        ).read_bytes()
+
+
+def test_few_shot_random_settings_and_short_intents(fsc_ro, tmp_path,
+                                                    caplog):
+    save = tmp_path / "save"
+    prep.prepare_fluent_speech_commands(fsc_ro, save)
+    full = {s: (save / f"{s}.csv").read_bytes() for s in SPLITS}
+    full_train = _read(save, "train")  # 6 clips per intent
+    caplog.set_level(logging.INFO)
+    picks = {}
+    for seed in (3, 4, 5, 3):
+        caplog.clear()
+        prep.prepare_fluent_speech_commands(
+            fsc_ro, save, few_shot=2, few_shot_sampling="random",
+            few_shot_seed=seed,
+        )
+        train = _read(save, "train")
+        assert train == [r for r in full_train if r in train]
+        assert len(train) == 8 and len({r["label"] for r in train}) == 4
+        assert (save / "valid.csv").read_bytes() == full["valid"]
+        assert (save / "test.csv").read_bytes() == full["test"]
+        if seed in picks:
+            assert [r["ID"] for r in train] == picks[seed]
+        picks[seed] = [r["ID"] for r in train]
+    assert len({tuple(p) for p in picks.values()}) > 1
+    caplog.clear()
+    prep.prepare_fluent_speech_commands(fsc_ro, save, few_shot=2,
+                                        few_shot_sampling="random",
+                                        few_shot_seed=3)
+    assert "skipping preparation" in caplog.text
+
+    caplog.clear()
+    prep.prepare_fluent_speech_commands(fsc_ro, save, few_shot=10)
+    assert "'few_shot' changed: 2 -> 10" in caplog.text
+    assert "4 class(es) have fewer than 10 training clips" in caplog.text
+    assert "'change language_Chinese_none' (6)" in caplog.text
+    assert {s: (save / f"{s}.csv").read_bytes() for s in SPLITS} == full
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"few_shot": -3}, "few_shot must be None"),
+        ({"few_shot": 1.0}, "few_shot must be None"),
+        ({"few_shot": 1, "few_shot_sampling": ""},
+         "few_shot_sampling must be one of"),
+    ],
+)  # fmt: skip
+def test_bad_few_shot_options_are_clear_errors(fsc_ro, tmp_path, options,
+                                               match):
+    with pytest.raises(ValueError, match=match):
+        prep.prepare_fluent_speech_commands(fsc_ro, tmp_path / "save",
+                                            **options)
+    assert not (tmp_path / "save").exists()

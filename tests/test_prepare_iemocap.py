@@ -419,3 +419,116 @@ def test_skip_prep_does_nothing(tmp_path):
     prep.prepare_iemocap(tmp_path / "nowhere", tmp_path / "save",
                          skip_prep=True)
     assert not (tmp_path / "save").exists()
+
+
+# ------------------------------------------------- few-shot training sets
+def _first_n(n, held_out_session, skip=(), dialogs=2, by_name=True):
+    """IDs of the first ``n`` training utterances of each class in session,
+    dialog file name and line (turn) order, skipping those in ``skip``
+    (``by_name=False``: in the order the dialogs were written instead)."""
+    counts, ids = collections.Counter(), []
+    # _truth() is in session, IEMOCAP_DIALOGS and turn order; the files are
+    # read in name order (a stable sort keeps the turns in order).
+    ordered = list(_truth(dialogs).items())
+    if by_name:
+        ordered.sort(key=lambda item: (item[1][0], item[1][2]))
+    for utterance, (session, _, _, label) in ordered:
+        if (session == held_out_session or utterance in skip
+                or label not in IEMOCAP_CLASS_OF):
+            continue
+        if counts[IEMOCAP_CLASS_OF[label]] < n:
+            counts[IEMOCAP_CLASS_OF[label]] += 1
+            ids.append(utterance)
+    return ids
+
+
+def test_few_shot_first_keeps_the_first_n_per_class_in_file_order(
+    tmp_path, caplog
+):
+    # 4 dialogs per session, whose file names do not sort as they are
+    # written (Ses0kF_script02_2 before Ses0kM_impro04): 4 utterances of
+    # each class per speaker and session, so valid and test hold more than
+    # few_shot of each class, and must be left alone.
+    iemocap = make_iemocap(tmp_path / "data" / RELEASE,
+                           dialogs_per_session=4)
+    # The first hap-class utterance of Session2 (fold 1 trains on sessions
+    # 2-5) is damaged: the class's next one replaces it.
+    truth = _truth(dialogs=4)
+    bad = next(u for u in _first_n(1, 1, dialogs=4)
+               if IEMOCAP_CLASS_OF[truth[u][3]] == "hap")
+    corrupt_clip(_wav(iemocap, bad), "nan")
+    full, few = tmp_path / "full", tmp_path / "few"
+    prep.prepare_iemocap(iemocap, full, fold=1, max_bad_fraction=0.05)
+    caplog.set_level(logging.INFO)
+    prep.prepare_iemocap(iemocap, few, fold=1, max_bad_fraction=0.05,
+                         few_shot=3)
+    train = _read(few, "train")
+    expected = _first_n(3, 1, skip={bad}, dialogs=4)
+    assert [r["ID"] for r in train] == expected and len(expected) == 12
+    assert bad not in expected and sorted(expected) != expected
+    assert expected != _first_n(3, 1, skip={bad}, dialogs=4, by_name=False)
+    assert collections.Counter(r["label"] for r in train) == {
+        c: 3 for c in IEMOCAP_CLASSES
+    }
+    assert train == [r for r in _read(full, "train") if r["ID"] in expected]
+    assert "few_shot=3 (first sampling): kept 12 of 127 training clips" in caplog.text
+    for split in ("valid", "test"):
+        assert (few / f"{split}.csv").read_bytes() == (
+            full / f"{split}.csv"
+        ).read_bytes()
+
+
+def test_few_shot_random_settings_and_short_classes(iemocap_ro, tmp_path,
+                                                    caplog):
+    save = tmp_path / "save"
+    prep.prepare_iemocap(iemocap_ro, save, fold=4)
+    full = {s: (save / f"{s}.csv").read_bytes() for s in SPLITS}
+    full_train = _read(save, "train")  # 16 utterances per class
+    caplog.set_level(logging.INFO)
+    caplog.clear()
+    prep.prepare_iemocap(iemocap_ro, save, fold=4, few_shot=4,
+                         few_shot_sampling="random", few_shot_seed=11)
+    assert "'few_shot' changed: None -> 4" in caplog.text
+    seed11 = _read(save, "train")
+    assert seed11 == [r for r in full_train if r in seed11]
+    assert collections.Counter(r["label"] for r in seed11) == {
+        c: 4 for c in IEMOCAP_CLASSES
+    }
+    assert [r["ID"] for r in seed11] != _first_n(4, 2)
+    for split in ("valid", "test"):
+        assert (save / f"{split}.csv").read_bytes() == full[split]
+    prep.prepare_iemocap(iemocap_ro, tmp_path / "same", fold=4, few_shot=4,
+                         few_shot_sampling="random", few_shot_seed=11)
+    assert (tmp_path / "same" / "train.csv").read_bytes() == (
+        save / "train.csv"
+    ).read_bytes()
+    caplog.clear()
+    prep.prepare_iemocap(iemocap_ro, save, fold=4, few_shot=4,
+                         few_shot_sampling="random", few_shot_seed=12)
+    assert "'few_shot_seed' changed: 11 -> 12" in caplog.text
+    assert _read(save, "train") != seed11
+
+    caplog.clear()
+    prep.prepare_iemocap(iemocap_ro, save, fold=4, few_shot=20)
+    assert "'few_shot_sampling' changed: 'random' -> 'first'" in caplog.text
+    assert "4 class(es) have fewer than 20 training clips" in caplog.text
+    for label in IEMOCAP_CLASSES:
+        assert f"'{label}' (16)" in caplog.text
+    assert {s: (save / f"{s}.csv").read_bytes() for s in SPLITS} == full
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"few_shot": 0}, "few_shot must be None"),
+        ({"few_shot": 4, "few_shot_sampling": "stratified"},
+         "few_shot_sampling must be one of"),
+        ({"few_shot": 4, "few_shot_seed": 2.5},
+         "few_shot_seed must be an integer"),
+    ],
+)  # fmt: skip
+def test_bad_few_shot_options_are_clear_errors(iemocap_ro, tmp_path,
+                                               options, match):
+    with pytest.raises(ValueError, match=match):
+        prep.prepare_iemocap(iemocap_ro, tmp_path / "save", **options)
+    assert not (tmp_path / "save").exists()

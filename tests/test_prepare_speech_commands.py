@@ -232,3 +232,111 @@ def test_stray_files_and_folders_are_ignored_with_a_warning(gsc, tmp_path,
     assert "extra_word" in caplog.text
     assert not (tmp_path / "save" / "bad_clips.log").exists()
     assert len(_read(tmp_path / "save", "train")) == 35
+
+
+# ------------------------------------------------- few-shot training sets
+def _gsc6(root):
+    """Six clips per word: four training clips, one valid, one test."""
+    return make_speech_commands(root, clips_per_word=6, valid_per_word=1,
+                                test_per_word=1)
+
+
+@pytest.fixture(scope="module")
+def gsc6_ro(tmp_path_factory):
+    return _gsc6(tmp_path_factory.mktemp("ro6") / "speech_commands_v0.02")
+
+
+def _first_n(root, n, skip=()):
+    """IDs of the first ``n`` training clips of each word, by file name."""
+    listed = set(_list(root, "validation_list.txt")
+                 + _list(root, "testing_list.txt"))
+    ids = []
+    for word in GSC_WORDS:
+        names = [name for name in sorted(os.listdir(root / word))
+                 if f"{word}/{name}" not in listed
+                 and f"{word}/{name}" not in skip]
+        ids += [f"{word}_{name[:-4]}" for name in names[:n]]
+    return ids
+
+
+def test_few_shot_first_keeps_the_first_n_training_clips_of_each_word(
+    tmp_path, caplog
+):
+    # 4 training, 3 valid and 3 test clips per word: valid/test hold more
+    # than few_shot clips per word, and must be left alone.
+    root = make_speech_commands(
+        tmp_path / "data" / "speech_commands_v0.02", clips_per_word=10,
+        valid_per_word=3, test_per_word=3,
+    )
+    # A damaged first training clip is replaced by the word's next one.
+    bad = "yes/" + _first_n(root, 1)[GSC_WORDS.index("yes")][4:] + ".wav"
+    corrupt_clip(root / bad, "zero_bytes")
+    full, few = tmp_path / "full", tmp_path / "few"
+    prep.prepare_speech_commands(root, full)
+    caplog.set_level(logging.INFO)
+    prep.prepare_speech_commands(root, few, few_shot=2)
+    train = _read(few, "train")
+    expected = _first_n(root, 2, skip={bad})
+    assert [r["ID"] for r in train] == expected and len(expected) == 70
+    assert bad[4:-4] not in {r["ID"][4:] for r in train if r["label"] == "yes"}
+    assert train == [r for r in _read(full, "train") if r["ID"] in expected]
+    assert "kept 70 of 139 training clips" in caplog.text
+    for split in ("valid", "test"):
+        assert (few / f"{split}.csv").read_bytes() == (
+            full / f"{split}.csv"
+        ).read_bytes()
+
+
+def test_few_shot_random_settings_and_short_words(gsc6_ro, tmp_path, caplog):
+    save = tmp_path / "save"
+    prep.prepare_speech_commands(gsc6_ro, save)
+    full = {s: (save / f"{s}.csv").read_bytes() for s in SPLITS}
+    full_train = _read(save, "train")
+    caplog.set_level(logging.INFO)
+    caplog.clear()
+    prep.prepare_speech_commands(gsc6_ro, save, few_shot=1,
+                                 few_shot_sampling="random")
+    assert "'few_shot' changed: None -> 1" in caplog.text
+    seed0 = _read(save, "train")
+    assert [r["label"] for r in seed0] == list(GSC_WORDS)
+    assert seed0 == [r for r in full_train if r in seed0]
+    for split in ("valid", "test"):
+        assert (save / f"{split}.csv").read_bytes() == full[split]
+    caplog.clear()
+    prep.prepare_speech_commands(gsc6_ro, tmp_path / "other", few_shot=1,
+                                 few_shot_sampling="random", few_shot_seed=0)
+    assert (tmp_path / "other" / "train.csv").read_bytes() == (
+        save / "train.csv"
+    ).read_bytes()
+    caplog.clear()
+    prep.prepare_speech_commands(gsc6_ro, save, few_shot=1,
+                                 few_shot_sampling="random", few_shot_seed=1)
+    assert "'few_shot_seed' changed: 0 -> 1" in caplog.text
+    # One of 4 clips for each of 35 words: two seeds cannot plausibly agree
+    # on all of them (and the draw is deterministic).
+    assert _read(save, "train") != seed0
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        prep.prepare_speech_commands(gsc6_ro, save, few_shot=5)
+    assert "35 class(es) have fewer than 5 training clips" in caplog.text
+    assert "'backward' (4)" in caplog.text and "'zero' (4)" in caplog.text
+    assert {s: (save / f"{s}.csv").read_bytes() for s in SPLITS} == full
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"few_shot": 0}, "few_shot must be None"),
+        ({"few_shot": "3"}, "few_shot must be None"),
+        ({"few_shot": 1, "few_shot_sampling": "First"},
+         "few_shot_sampling must be one of"),
+        ({"few_shot": 1, "few_shot_sampling": "random",
+          "few_shot_seed": "1"}, "few_shot_seed must be an integer"),
+    ],
+)  # fmt: skip
+def test_bad_few_shot_options_are_clear_errors(gsc6_ro, tmp_path, options,
+                                               match):
+    with pytest.raises(ValueError, match=match):
+        prep.prepare_speech_commands(gsc6_ro, tmp_path / "save", **options)
+    assert not (tmp_path / "save").exists()

@@ -417,3 +417,104 @@ def test_skip_prep_does_nothing(tmp_path):
     prep.prepare_urbansound8k(tmp_path / "nowhere", tmp_path / "save",
                               skip_prep=True)
     assert not (tmp_path / "save").exists()
+
+
+# ------------------------------------------------- few-shot training sets
+def _first_n(lines, n, folds, skip=()):
+    """IDs of the first ``n`` lines of each class among ``folds``, in the
+    order of ``lines``, skipping the file names in ``skip``."""
+    counts, ids = {}, []
+    for line in lines:
+        name, label = line["slice_file_name"], line["class"]
+        if int(line["fold"]) in folds and name not in skip:
+            if counts.get(label, 0) < n:
+                counts[label] = counts.get(label, 0) + 1
+                ids.append(name[:-4])
+    return ids
+
+
+def test_few_shot_first_keeps_the_first_n_per_class_in_metadata_order(
+    tmp_path, caplog
+):
+    # 3 clips per class and fold: valid/test (fold 10) hold more than
+    # few_shot clips per class, and must be left alone.
+    us8k = make_urbansound8k(tmp_path / "data" / "UrbanSound8K",
+                             clips_per_class=30)
+    # Reversed metadata: "first" follows the file, not sorted file names;
+    # a damaged first training clip is replaced by the class's next one.
+    _rewrite_meta(us8k, lambda lines: lines.reverse())
+    lines = _meta(us8k)
+    bad = next(line for line in lines
+               if line["fold"] != "10" and line["classID"] == "1")
+    corrupt_clip(_clip(us8k, bad), "nan")
+    full, few = tmp_path / "full", tmp_path / "few"
+    prep.prepare_urbansound8k(us8k, full, max_bad_fraction=0.02)
+    caplog.set_level(logging.INFO)
+    prep.prepare_urbansound8k(us8k, few, max_bad_fraction=0.02, few_shot=2)
+    train = _read(few, "train")
+    expected = _first_n(lines, 2, set(range(1, 10)),
+                        skip={bad["slice_file_name"]})
+    assert [r["ID"] for r in train] == expected and len(expected) == 8
+    assert sorted(expected) != expected
+    assert train == [r for r in _read(full, "train") if r["ID"] in expected]
+    assert "kept 8 of 107 training clips" in caplog.text
+    for split in ("valid", "test"):
+        assert (few / f"{split}.csv").read_bytes() == (
+            full / f"{split}.csv"
+        ).read_bytes()
+
+
+def test_few_shot_random_settings_and_short_classes(us8k_ro, tmp_path,
+                                                    caplog):
+    save = tmp_path / "save"
+    prep.prepare_urbansound8k(us8k_ro, save, fold=1, protocol="validation")
+    full = {s: (save / f"{s}.csv").read_bytes() for s in SPLITS}
+    full_train = _read(save, "train")  # 8 folds: 8 clips per class
+    caplog.set_level(logging.INFO)
+    picks = []
+    for seed in (0, 1, 2, 1):
+        caplog.clear()
+        prep.prepare_urbansound8k(
+            us8k_ro, save, fold=1, protocol="validation", few_shot=2,
+            few_shot_sampling="random", few_shot_seed=seed,
+        )
+        assert "skipping" not in caplog.text
+        train = _read(save, "train")
+        assert train == [r for r in full_train if r in train]
+        assert sorted(r["classID"] for r in train) == ["0", "0", "1", "1",
+                                                       "2", "2", "3", "3"]
+        assert (save / "valid.csv").read_bytes() == full["valid"]
+        assert (save / "test.csv").read_bytes() == full["test"]
+        picks.append([r["ID"] for r in train])
+    assert picks[1] == picks[3]  # seed 1 twice
+    assert len({tuple(p) for p in picks}) > 1
+    caplog.clear()
+    prep.prepare_urbansound8k(
+        us8k_ro, save, fold=1, protocol="validation", few_shot=2,
+        few_shot_sampling="random", few_shot_seed=1,
+    )
+    assert "skipping preparation" in caplog.text
+
+    caplog.clear()
+    prep.prepare_urbansound8k(us8k_ro, save, fold=1, protocol="validation",
+                              few_shot=9)
+    assert "'few_shot' changed: 2 -> 9" in caplog.text
+    assert "4 class(es) have fewer than 9 training clips" in caplog.text
+    assert "'air_conditioner' (8)" in caplog.text
+    assert {s: (save / f"{s}.csv").read_bytes() for s in SPLITS} == full
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"few_shot": -1}, "few_shot must be None"),
+        ({"few_shot": True}, "few_shot must be None"),
+        ({"few_shot": 2, "few_shot_sampling": "balanced"},
+         "few_shot_sampling must be one of"),
+    ],
+)  # fmt: skip
+def test_bad_few_shot_options_are_clear_errors(us8k_ro, tmp_path, options,
+                                               match):
+    with pytest.raises(ValueError, match=match):
+        prep.prepare_urbansound8k(us8k_ro, tmp_path / "save", **options)
+    assert not (tmp_path / "save").exists()

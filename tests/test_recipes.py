@@ -27,6 +27,7 @@ from mini_datasets import (
 )
 from speechbrain_petl.inference import AudioClassifier
 from speechbrain_petl.methods import FullFineTuning
+from speechbrain_petl.paper import SUFFIXES, paper_accuracy
 from recipe_utils import REPO, load_recipe_module
 
 TABLE = pathlib.Path(__file__).parent / "recipes.csv"
@@ -156,8 +157,12 @@ def test_recipe_readmes_cover_every_yaml():
     for row in ROWS:
         readme = (REPO / row["Recipe"] / "README.md").read_text()
         assert row["Hparams"] in readme, f"{row['Recipe']}/README.md does not mention {row['Hparams']}"
-        if row["Paper_accuracy"]:  # the quickstart's synthetic task has no paper number
-            assert row["Paper_accuracy"] in readme, f"{row['Recipe']}/README.md lacks the paper's {row['Paper_accuracy']}"
+        stem = pathlib.Path(row["Hparams"]).stem
+        method = stem[: -len(SUFFIXES[row["Dataset"]]) - 1] if stem.endswith(SUFFIXES[row["Dataset"]]) else stem
+        paper = paper_accuracy(method, row["Dataset"])
+        if paper is not None and row["Recipe"] != "recipes/Quickstart":
+            line = [line for line in readme.splitlines() if line.startswith(f"| {row['Hparams']} |")][-1]
+            assert f"| {paper:.2f} |" in line, f"{row['Recipe']}/README.md: {row['Hparams']} lacks the paper's {paper}"
 
 
 def test_killed_run_resumes_from_its_intra_epoch_checkpoint(mini_data, tiny_ast_dir, tmp_path):

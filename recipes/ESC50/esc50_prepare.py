@@ -21,6 +21,10 @@ columns ``ID, duration, wav, label, target, fold`` (``label`` is the category
 name, ``target`` its index 0-49). Nothing is written inside ``data_folder``.
 Clips stay at 44.1 kHz on disk; the data pipeline resamples when loading.
 
+Few-shot training sets (the PETL paper's Table 2): with ``few_shot=N``,
+``train.csv`` keeps N clips per class, by default the first N in the order
+of ``meta/esc50.csv``; ``valid.csv`` and ``test.csv`` are unchanged.
+
 Example
 -------
 >>> from esc50_prepare import prepare_esc50
@@ -44,6 +48,7 @@ from speechbrain_petl.data import (
     require_folder,
     write_manifest,
 )
+from speechbrain_petl.data.prepare import few_shot_settings, select_few_shot
 
 logger = logging.getLogger(__name__)
 
@@ -120,13 +125,18 @@ def prepare_esc50(
     protocol="rotation",
     max_bad_fraction=0.01,
     skip_prep=False,
+    few_shot=None,
+    few_shot_sampling="first",
+    few_shot_seed=0,
 ):
     """Writes the train/valid/test manifests of ESC-50 for one test fold.
 
     Skipped when ``save_folder`` already holds the three manifests of a
     preparation with the same settings (data folder, fold, protocol,
-    ``max_bad_fraction``, script version). Every clip is decoded once;
-    unusable clips are dropped and listed in ``<save_folder>/bad_clips.log``.
+    ``max_bad_fraction``, few-shot options, script version). Every clip is
+    decoded once; unusable clips are dropped and listed in
+    ``<save_folder>/bad_clips.log``. With ``few_shot``, the training split
+    is then cut down to ``few_shot`` clips per class.
 
     Arguments
     ---------
@@ -142,11 +152,23 @@ def prepare_esc50(
         Largest tolerated fraction of unusable clips before giving up.
     skip_prep : bool
         If True, does nothing.
+    few_shot : int, optional
+        If given, ``train.csv`` keeps only this many clips per class (the
+        PETL paper's few-shot training sets, Table 2); a class with fewer
+        keeps all of its clips, with a warning. ``valid.csv`` and
+        ``test.csv`` are unaffected. None (default): every training clip.
+    few_shot_sampling : str
+        ``"first"`` (default, the paper's choice): the first ``few_shot``
+        clips of each class in the order of ``meta/esc50.csv``, after
+        dropping unusable clips; ``"random"``: ``few_shot`` clips per class
+        drawn with ``few_shot_seed``.
+    few_shot_seed : int
+        Seed of ``few_shot_sampling="random"`` (unused otherwise).
 
     Raises
     ------
     ValueError
-        Bad ``fold``/``protocol``, or inconsistent metadata.
+        Bad ``fold``/``protocol``/few-shot option, or inconsistent metadata.
     FileNotFoundError
         ``meta/esc50.csv``, ``audio/`` or a listed clip is missing.
     RuntimeError
@@ -156,6 +178,9 @@ def prepare_esc50(
         logger.info("skip_prep=True: not preparing ESC-50")
         return
     folds = split_folds(fold, protocol)
+    few_shot_options = few_shot_settings(
+        few_shot, few_shot_sampling, few_shot_seed
+    )
     data_folder = os.path.abspath(os.fspath(data_folder))
     save_folder = os.path.abspath(os.fspath(save_folder))
     check_save_folder(data_folder, save_folder)
@@ -172,6 +197,7 @@ def prepare_esc50(
         "fold": int(fold),
         "protocol": protocol,
         "max_bad_fraction": max_bad_fraction,
+        **few_shot_options,
         "version": PREP_VERSION,
     }
     if preparation_is_current(save_folder, settings, OUTPUTS):
@@ -197,6 +223,10 @@ def prepare_esc50(
             raise RuntimeError(
                 f"{DATASET}: the {split} split (folds {folds[split]}) is "
                 "empty after removing bad clips"
+            )
+        if split == "train":
+            split_rows = select_few_shot(
+                split_rows, few_shot, few_shot_sampling, few_shot_seed
             )
         write_manifest(
             os.path.join(save_folder, f"{split}.csv"), split_rows, FIELDNAMES

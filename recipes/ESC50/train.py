@@ -34,6 +34,9 @@ def main(argv):
             "save_folder": hparams["save_folder"],
             "fold": hparams["fold"],
             "protocol": hparams["protocol"],
+            "few_shot": hparams["few_shot"],
+            "few_shot_sampling": hparams["few_shot_sampling"],
+            "few_shot_seed": hparams["few_shot_seed"],
             "skip_prep": hparams["skip_prep"],
         },
     )

@@ -20,6 +20,10 @@ columns ``ID, duration, wav, label, speaker, transcription`` (``ID`` is the
 clip's file name without ``.wav``, ``label`` the intent). Nothing is written
 inside ``data_folder``.
 
+Few-shot training sets (the PETL paper's Table 2): with ``few_shot=N``,
+``train.csv`` keeps N clips per intent, by default the first N in the order
+of ``data/train_data.csv``; ``valid.csv`` and ``test.csv`` are unchanged.
+
 Example
 -------
 >>> from fluent_speech_commands_prepare import prepare_fluent_speech_commands
@@ -41,6 +45,7 @@ from speechbrain_petl.data import (
     require_file,
     write_manifest,
 )
+from speechbrain_petl.data.prepare import few_shot_settings, select_few_shot
 
 logger = logging.getLogger(__name__)
 
@@ -76,14 +81,22 @@ def intent_label(action, obj, location):
 
 
 def prepare_fluent_speech_commands(
-    data_folder, save_folder, max_bad_fraction=0.01, skip_prep=False
+    data_folder,
+    save_folder,
+    max_bad_fraction=0.01,
+    skip_prep=False,
+    few_shot=None,
+    few_shot_sampling="first",
+    few_shot_seed=0,
 ):
     """Writes the train/valid/test manifests of Fluent Speech Commands.
 
     Skipped when ``save_folder`` already holds the three manifests of a
     preparation with the same settings (data folder, ``max_bad_fraction``,
-    script version). Every clip is decoded once; unusable clips are dropped
-    and listed in ``<save_folder>/bad_clips.log``.
+    few-shot options, script version). Every clip is decoded once; unusable
+    clips are dropped and listed in ``<save_folder>/bad_clips.log``. With
+    ``few_shot``, the training split is then cut down to ``few_shot`` clips
+    per intent.
 
     Arguments
     ---------
@@ -96,6 +109,18 @@ def prepare_fluent_speech_commands(
         Largest tolerated fraction of unusable clips before giving up.
     skip_prep : bool
         If True, does nothing.
+    few_shot : int, optional
+        If given, ``train.csv`` keeps only this many clips per intent (the
+        PETL paper's few-shot training sets, Table 2); an intent with fewer
+        keeps all of its clips, with a warning. ``valid.csv`` and
+        ``test.csv`` are unaffected. None (default): every training clip.
+    few_shot_sampling : str
+        ``"first"`` (default, the paper's choice): the first ``few_shot``
+        clips of each intent in the order of ``data/train_data.csv``, after
+        dropping unusable clips; ``"random"``: ``few_shot`` clips per intent
+        drawn with ``few_shot_seed``.
+    few_shot_seed : int
+        Seed of ``few_shot_sampling="random"`` (unused otherwise).
 
     Raises
     ------
@@ -103,13 +128,16 @@ def prepare_fluent_speech_commands(
         A csv file or a listed clip is missing.
     ValueError
         A csv file lacks a column, has an empty path/speaker/slot field, or
-        a clip is listed twice.
+        a clip is listed twice; or a few-shot option is bad.
     RuntimeError
         More than ``max_bad_fraction`` of the clips are unusable.
     """
     if skip_prep:
         logger.info("skip_prep=True: not preparing Fluent Speech Commands")
         return
+    few_shot_options = few_shot_settings(
+        few_shot, few_shot_sampling, few_shot_seed
+    )
     data_folder = os.path.abspath(os.fspath(data_folder))
     save_folder = os.path.abspath(os.fspath(save_folder))
     check_save_folder(data_folder, save_folder)
@@ -124,6 +152,7 @@ def prepare_fluent_speech_commands(
         "dataset": "fluent_speech_commands",
         "data_folder": data_folder,
         "max_bad_fraction": max_bad_fraction,
+        **few_shot_options,
         "version": PREP_VERSION,
     }
     if preparation_is_current(save_folder, settings, OUTPUTS):
@@ -164,6 +193,10 @@ def prepare_fluent_speech_commands(
             raise RuntimeError(
                 f"{DATASET}: the {split} split ({csv_paths[split]}) is empty "
                 "after removing bad clips"
+            )
+        if split == "train":
+            split_rows = select_few_shot(
+                split_rows, few_shot, few_shot_sampling, few_shot_seed
             )
         write_manifest(
             os.path.join(save_folder, f"{split}.csv"), split_rows, FIELDNAMES

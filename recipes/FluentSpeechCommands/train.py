@@ -29,6 +29,9 @@ def main(argv):
         kwargs={
             "data_folder": hparams["data_folder"],
             "save_folder": hparams["save_folder"],
+            "few_shot": hparams["few_shot"],
+            "few_shot_sampling": hparams["few_shot_sampling"],
+            "few_shot_seed": hparams["few_shot_seed"],
             "skip_prep": hparams["skip_prep"],
         },
     )

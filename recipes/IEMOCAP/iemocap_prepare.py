@@ -36,6 +36,11 @@ columns ``ID, duration, wav, label, session, gender, dialog`` (``ID`` is the
 utterance name, ``label`` one of the 4 classes, ``session`` 1-5, ``gender``
 F or M). Nothing is written inside ``data_folder``.
 
+Few-shot training sets (the PETL paper's Table 2): with ``few_shot=N``,
+``train.csv`` keeps N utterances per class, by default the first N in
+session, EmoEvaluation file (sorted by name) and line order;
+``valid.csv`` and ``test.csv`` are unchanged.
+
 Example
 -------
 >>> from iemocap_prepare import prepare_iemocap
@@ -58,6 +63,7 @@ from speechbrain_petl.data import (
     require_folder,
     write_manifest,
 )
+from speechbrain_petl.data.prepare import few_shot_settings, select_few_shot
 
 logger = logging.getLogger(__name__)
 
@@ -203,16 +209,24 @@ def parse_emo_evaluation(path):
 
 
 def prepare_iemocap(
-    data_folder, save_folder, fold=1, max_bad_fraction=0.01, skip_prep=False
+    data_folder,
+    save_folder,
+    fold=1,
+    max_bad_fraction=0.01,
+    skip_prep=False,
+    few_shot=None,
+    few_shot_sampling="first",
+    few_shot_seed=0,
 ):
     """Writes the train/valid/test manifests of 4-class IEMOCAP for one fold.
 
     Skipped when ``save_folder`` already holds the three manifests of a
     preparation with the same settings (data folder, fold,
-    ``max_bad_fraction``, script version). Every kept utterance is decoded
-    once; unusable ones are dropped and listed in
+    ``max_bad_fraction``, few-shot options, script version). Every kept
+    utterance is decoded once; unusable ones are dropped and listed in
     ``<save_folder>/bad_clips.log``. On the full release the three manifests
-    hold 5,531 utterances together.
+    hold 5,531 utterances together. With ``few_shot``, the training split is
+    then cut down to ``few_shot`` utterances per class.
 
     Arguments
     ---------
@@ -227,12 +241,25 @@ def prepare_iemocap(
         Largest tolerated fraction of unusable clips before giving up.
     skip_prep : bool
         If True, does nothing.
+    few_shot : int, optional
+        If given, ``train.csv`` keeps only this many utterances per class
+        (the PETL paper's few-shot training sets, Table 2); a class with
+        fewer keeps all of its utterances, with a warning. ``valid.csv`` and
+        ``test.csv`` are unaffected. None (default): every training
+        utterance.
+    few_shot_sampling : str
+        ``"first"`` (default, the paper's choice): the first ``few_shot``
+        utterances of each class in session, EmoEvaluation file (sorted by
+        name) and line order, after dropping unusable ones; ``"random"``:
+        ``few_shot`` utterances per class drawn with ``few_shot_seed``.
+    few_shot_seed : int
+        Seed of ``few_shot_sampling="random"`` (unused otherwise).
 
     Raises
     ------
     ValueError
-        Bad ``fold``, malformed label line or utterance name, an utterance
-        labelled twice.
+        Bad ``fold`` or few-shot option, malformed label line or utterance
+        name, an utterance labelled twice.
     FileNotFoundError
         No ``Session<k>/dialog/EmoEvaluation/`` or ``Session<k>/sentences/
         wav/``, or a kept utterance's wav is missing.
@@ -243,6 +270,9 @@ def prepare_iemocap(
         logger.info("skip_prep=True: not preparing IEMOCAP")
         return
     held_out = fold_split(fold)
+    few_shot_options = few_shot_settings(
+        few_shot, few_shot_sampling, few_shot_seed
+    )
     data_folder = os.path.abspath(os.fspath(data_folder))
     save_folder = os.path.abspath(os.fspath(save_folder))
     check_save_folder(data_folder, save_folder)
@@ -258,6 +288,7 @@ def prepare_iemocap(
         "data_folder": data_folder,
         "fold": int(fold),
         "max_bad_fraction": max_bad_fraction,
+        **few_shot_options,
         "version": PREP_VERSION,
     }
     if preparation_is_current(save_folder, settings, OUTPUTS):
@@ -283,6 +314,10 @@ def prepare_iemocap(
             raise RuntimeError(
                 f"{DATASET}: the {split} split ({describe[split]}) is empty "
                 "after removing bad clips"
+            )
+        if split == "train":
+            split_rows = select_few_shot(
+                split_rows, few_shot, few_shot_sampling, few_shot_seed
             )
         write_manifest(
             os.path.join(save_folder, f"{split}.csv"), split_rows, FIELDNAMES

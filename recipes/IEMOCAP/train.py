@@ -32,6 +32,9 @@ def main(argv):
             "data_folder": hparams["data_folder"],
             "save_folder": hparams["save_folder"],
             "fold": hparams["fold"],
+            "few_shot": hparams["few_shot"],
+            "few_shot_sampling": hparams["few_shot_sampling"],
+            "few_shot_seed": hparams["few_shot_seed"],
             "skip_prep": hparams["skip_prep"],
         },
     )

@@ -37,6 +37,7 @@ import train as esc50_recipe  # noqa: E402
 
 from speechbrain_petl.inference import AudioClassifier  # noqa: E402
 from speechbrain_petl.params import summarize  # noqa: E402
+from speechbrain_petl.results import test_accuracy, training_curves  # noqa: E402
 
 
 def generate_data(hparams):
@@ -75,24 +76,6 @@ def run_stage(yaml_file, output_folder, *overrides):
     if not timing.exists():
         timing.write_text(json.dumps({"seconds": elapsed}))
     return brain, json.loads(timing.read_text())["seconds"]
-
-
-def accuracy_from_predictions(path):
-    """Test accuracy recomputed from a run's ``test_predictions.csv``."""
-    with open(path, newline="") as fin:
-        rows = list(csv.DictReader(fin))
-    if not rows:
-        raise ValueError(f"{path} holds no prediction")
-    return sum(row["target"] == row["prediction"] for row in rows) / len(rows), len(rows)
-
-
-def train_losses(train_log):
-    """Per-epoch training losses read back from a ``train_log.txt``."""
-    losses = []
-    for line in pathlib.Path(train_log).read_text().splitlines():
-        if line.startswith("epoch:") and "train loss:" in line:
-            losses.append(float(line.split("train loss:")[1].split(",")[0].split(" - ")[0]))
-    return losses
 
 
 def write_report(rows, output_folder):
@@ -169,8 +152,8 @@ def main(argv):
     backbone_folder = out / "pretrained_ast"
     if not (backbone_folder / "config.json").exists():
         pretrain.backbone.save_pretrained(backbone_folder)
-    losses = train_losses(out / "pretrain" / "train_log.txt")
-    source_acc, _ = accuracy_from_predictions(out / "pretrain" / "test_predictions.csv")
+    losses = training_curves(out / "pretrain" / "train_log.txt")["train loss"]
+    source_acc, _ = test_accuracy(out / "pretrain")
     print(f"      source task: train loss {losses[0]:.2f} -> {losses[-1]:.2f}, test accuracy {100 * source_acc:.1f}%")
 
     print("[3/4] Frozen AST + PETL methods on the target task")
@@ -186,7 +169,7 @@ def main(argv):
             seed,
         )
         counts = summarize(dict(brain.modules))
-        accuracy, n_test = accuracy_from_predictions(run_folder / "test_predictions.csv")
+        accuracy, n_test = test_accuracy(run_folder)
         trainable = counts["petl"] + counts["head"]
         rows.append(
             {

@@ -15,6 +15,11 @@ Writes ``train.csv``, ``valid.csv`` and ``test.csv`` to ``save_folder`` with
 columns ``ID, duration, wav, label, speaker`` (the speaker is the part of the
 file name before ``_nohash_``). Nothing is written inside ``data_folder``.
 
+Few-shot training sets (the PETL paper's Table 2): with ``few_shot=N``,
+``train.csv`` keeps N clips per word, by default the first N training clips
+of the word's folder in file-name order; ``valid.csv`` and ``test.csv`` are
+unchanged.
+
 Example
 -------
 >>> from speech_commands_prepare import prepare_speech_commands
@@ -36,6 +41,7 @@ from speechbrain_petl.data import (
     require_folder,
     write_manifest,
 )
+from speechbrain_petl.data.prepare import few_shot_settings, select_few_shot
 
 logger = logging.getLogger(__name__)
 
@@ -64,14 +70,22 @@ LAYOUT_HINT = (
 
 
 def prepare_speech_commands(
-    data_folder, save_folder, max_bad_fraction=0.01, skip_prep=False
+    data_folder,
+    save_folder,
+    max_bad_fraction=0.01,
+    skip_prep=False,
+    few_shot=None,
+    few_shot_sampling="first",
+    few_shot_seed=0,
 ):
     """Writes the train/valid/test manifests of Speech Commands v0.02.
 
     Skipped when ``save_folder`` already holds the three manifests of a
     preparation with the same settings (data folder, ``max_bad_fraction``,
-    script version). Every clip is decoded once; unusable clips are dropped
-    and listed in ``<save_folder>/bad_clips.log``.
+    few-shot options, script version). Every clip is decoded once; unusable
+    clips are dropped and listed in ``<save_folder>/bad_clips.log``. With
+    ``few_shot``, the training split is then cut down to ``few_shot`` clips
+    per word.
 
     Arguments
     ---------
@@ -83,20 +97,35 @@ def prepare_speech_commands(
         Largest tolerated fraction of unusable clips before giving up.
     skip_prep : bool
         If True, does nothing.
+    few_shot : int, optional
+        If given, ``train.csv`` keeps only this many clips per word (the
+        PETL paper's few-shot training sets, Table 2); a word with fewer
+        keeps all of its clips, with a warning. ``valid.csv`` and
+        ``test.csv`` are unaffected. None (default): every training clip.
+    few_shot_sampling : str
+        ``"first"`` (default, the paper's choice): the first ``few_shot``
+        training clips of each word in file-name order, after dropping
+        unusable clips; ``"random"``: ``few_shot`` clips per word drawn with
+        ``few_shot_seed``.
+    few_shot_seed : int
+        Seed of ``few_shot_sampling="random"`` (unused otherwise).
 
     Raises
     ------
     FileNotFoundError
         A list file, a word folder or a listed clip is missing.
     ValueError
-        A list entry is malformed or in both lists, or a file name has no
-        ``_nohash_`` part.
+        A list entry is malformed or in both lists, a file name has no
+        ``_nohash_`` part, or a few-shot option is bad.
     RuntimeError
         More than ``max_bad_fraction`` of the clips are unusable.
     """
     if skip_prep:
         logger.info("skip_prep=True: not preparing Speech Commands")
         return
+    few_shot_options = few_shot_settings(
+        few_shot, few_shot_sampling, few_shot_seed
+    )
     data_folder = os.path.abspath(os.fspath(data_folder))
     save_folder = os.path.abspath(os.fspath(save_folder))
     check_save_folder(data_folder, save_folder)
@@ -112,6 +141,7 @@ def prepare_speech_commands(
         "dataset": "speech_commands_v0.02",
         "data_folder": data_folder,
         "max_bad_fraction": max_bad_fraction,
+        **few_shot_options,
         "version": PREP_VERSION,
     }
     if preparation_is_current(save_folder, settings, OUTPUTS):
@@ -162,6 +192,10 @@ def prepare_speech_commands(
             raise RuntimeError(
                 f"{DATASET}: the {split} split is empty after removing bad "
                 f"clips; {LAYOUT_HINT}"
+            )
+        if split == "train":
+            split_rows = select_few_shot(
+                split_rows, few_shot, few_shot_sampling, few_shot_seed
             )
         write_manifest(
             os.path.join(save_folder, f"{split}.csv"), split_rows, FIELDNAMES

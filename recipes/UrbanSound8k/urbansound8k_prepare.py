@@ -28,6 +28,11 @@ columns ``ID, duration, wav, label, classID, fold`` (``label`` is the class
 name, e.g. ``dog_bark``; ``classID`` its index 0-9). Nothing is written
 inside ``data_folder``.
 
+Few-shot training sets (the PETL paper's Table 2): with ``few_shot=N``,
+``train.csv`` keeps N clips per class, by default the first N in the order
+of ``metadata/UrbanSound8K.csv``; ``valid.csv`` and ``test.csv`` are
+unchanged.
+
 Example
 -------
 >>> from urbansound8k_prepare import prepare_urbansound8k
@@ -51,6 +56,7 @@ from speechbrain_petl.data import (
     require_folder,
     write_manifest,
 )
+from speechbrain_petl.data.prepare import few_shot_settings, select_few_shot
 
 logger = logging.getLogger(__name__)
 
@@ -133,14 +139,19 @@ def prepare_urbansound8k(
     protocol="paper",
     max_bad_fraction=0.01,
     skip_prep=False,
+    few_shot=None,
+    few_shot_sampling="first",
+    few_shot_seed=0,
 ):
     """Writes the train/valid/test manifests of UrbanSound8K for one test
     fold.
 
     Skipped when ``save_folder`` already holds the three manifests of a
     preparation with the same settings (data folder, fold, protocol,
-    ``max_bad_fraction``, script version). Every clip is decoded once;
-    unusable clips are dropped and listed in ``<save_folder>/bad_clips.log``.
+    ``max_bad_fraction``, few-shot options, script version). Every clip is
+    decoded once; unusable clips are dropped and listed in
+    ``<save_folder>/bad_clips.log``. With ``few_shot``, the training split
+    is then cut down to ``few_shot`` clips per class.
 
     Arguments
     ---------
@@ -157,11 +168,23 @@ def prepare_urbansound8k(
         Largest tolerated fraction of unusable clips before giving up.
     skip_prep : bool
         If True, does nothing.
+    few_shot : int, optional
+        If given, ``train.csv`` keeps only this many clips per class (the
+        PETL paper's few-shot training sets, Table 2); a class with fewer
+        keeps all of its clips, with a warning. ``valid.csv`` and
+        ``test.csv`` are unaffected. None (default): every training clip.
+    few_shot_sampling : str
+        ``"first"`` (default, the paper's choice): the first ``few_shot``
+        clips of each class in the order of ``metadata/UrbanSound8K.csv``,
+        after dropping unusable clips; ``"random"``: ``few_shot`` clips per
+        class drawn with ``few_shot_seed``.
+    few_shot_seed : int
+        Seed of ``few_shot_sampling="random"`` (unused otherwise).
 
     Raises
     ------
     ValueError
-        Bad ``fold``/``protocol``, or inconsistent metadata.
+        Bad ``fold``/``protocol``/few-shot option, or inconsistent metadata.
     FileNotFoundError
         ``metadata/UrbanSound8K.csv``, a fold folder or a listed clip is
         missing.
@@ -172,6 +195,9 @@ def prepare_urbansound8k(
         logger.info("skip_prep=True: not preparing UrbanSound8K")
         return
     folds = split_folds(fold, protocol)
+    few_shot_options = few_shot_settings(
+        few_shot, few_shot_sampling, few_shot_seed
+    )
     data_folder = os.path.abspath(os.fspath(data_folder))
     save_folder = os.path.abspath(os.fspath(save_folder))
     check_save_folder(data_folder, save_folder)
@@ -193,6 +219,7 @@ def prepare_urbansound8k(
         "fold": int(fold),
         "protocol": protocol,
         "max_bad_fraction": max_bad_fraction,
+        **few_shot_options,
         "version": PREP_VERSION,
     }
     if preparation_is_current(save_folder, settings, OUTPUTS):
@@ -218,6 +245,10 @@ def prepare_urbansound8k(
             raise RuntimeError(
                 f"{DATASET}: the {split} split (folds {folds[split]}) is "
                 "empty after removing bad clips"
+            )
+        if split == "train":
+            split_rows = select_few_shot(
+                split_rows, few_shot, few_shot_sampling, few_shot_seed
             )
         write_manifest(
             os.path.join(save_folder, f"{split}.csv"), split_rows, FIELDNAMES

@@ -1,0 +1,211 @@
+"""Tables and figures of the paper from finished runs, nothing typed by hand.
+
+Usage::
+
+    python -m speechbrain_petl.report results/study [more roots ...] --output=report
+
+Reads every run folder written by :mod:`speechbrain_petl.study` (a
+``run.json`` beside the recipe's outputs) and writes to ``--output``:
+
+* ``tables.md``: the layouts of Tables 1 (AST), 2 (few-shot) and 3
+  (Wav2Vec2): per cell, mean ± std of the test accuracy over folds and seeds,
+  the number of runs behind it (finished / found), and the paper's number;
+  empty cells say that no run was found;
+* ``figure2.png`` (accuracy against PETL parameters, budget sweeps) and
+  ``figure3.png`` (accuracy against the Conformer kernel size), when such
+  sweeps were run;
+* ``curves/<yaml>/<point>/<run>.png``: accuracy and loss per epoch of each run.
+
+Accuracies are recomputed from each run's ``test_predictions.csv``;
+parameter counts come from the ``params.json`` every recipe run writes.
+"""
+
+import argparse
+import json
+import os
+import statistics
+
+from speechbrain_petl.paper import SUFFIXES, TABLE1, TABLE2, TABLE3, paper_accuracy
+from speechbrain_petl.results import is_finished, test_accuracy, training_curves
+
+BUDGET_KEYS = ("adapter_bottleneck", "lora_rank", "prompt_length", "prefix_length")
+
+
+def load_runs(roots):
+    """One record per run folder (``run.json``) found under ``roots``."""
+    runs = []
+    for root in roots:
+        for folder, _, files in sorted(os.walk(root)):
+            if "run.json" not in files:
+                continue
+            with open(os.path.join(folder, "run.json")) as fin:
+                run = json.load(fin)
+            dataset = os.path.basename(os.path.dirname(os.path.dirname(run["hparams"])))
+            suffix = "_" + SUFFIXES.get(dataset, "")
+            method = run["yaml"][: -len(suffix)] if run["yaml"].endswith(suffix) else run["yaml"]
+            overrides = dict(
+                arg[2:].split("=", 1) for arg in run["overrides"] if arg.startswith("--") and "=" in arg
+            )
+            finished = is_finished(folder)
+            params_file = os.path.join(folder, "params.json")
+            run.update(
+                folder=folder,
+                dataset=dataset,
+                method=method,
+                few_shot=int(overrides["few_shot"]) if overrides.get("few_shot", "null") != "null" else None,
+                finished=finished,
+                accuracy=test_accuracy(folder)[0] if finished else None,
+                params=json.load(open(params_file)) if os.path.isfile(params_file) else None,
+            )
+            runs.append(run)
+    return runs
+
+
+def cell(runs):
+    """Mean, std (percent), finished and found counts of a group of runs."""
+    accs = [100 * r["accuracy"] for r in runs if r["finished"]]
+    mean = statistics.mean(accs) if accs else None
+    std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+    return mean, std, len(accs), len(runs)
+
+
+def format_cell(runs, paper):
+    mean, std, done, found = cell(runs)
+    ref = "—" if paper is None else f"{paper:.2f}"
+    if found == 0:
+        return f"no run / {ref}"
+    if done == 0:
+        return f"unfinished (0/{found}) / {ref}"
+    return f"{mean:.2f} ± {std:.2f} ({done}/{found}) / {ref}"
+
+
+def _select(runs, **conditions):
+    return [r for r in runs if all(r[k] == v for k, v in conditions.items())]
+
+
+def _table(title, methods, columns, paper):
+    """Markdown table: one row per method; ``columns`` are (name, select,
+    key) with ``select(method)`` the runs of a cell and ``paper(method, key)``
+    the published number."""
+    lines = [
+        f"### {title}",
+        "",
+        "Cells: ours mean ± std (finished/found runs) / paper.",
+        "",
+        "| Method | " + " | ".join(name for name, _, _ in columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
+    ]
+    for method in methods:
+        cells = [format_cell(select(method), paper(method, key)) for _, select, key in columns]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def tables(runs):
+    """The markdown of Tables 1, 2 and 3."""
+    plain = [r for r in runs if not r["sweep"] and r["few_shot"] is None]
+
+    def by_dataset(dataset):
+        return lambda m: _select(plain, method=m, dataset=dataset)
+
+    def by_shots(dataset, shots):
+        return lambda m: _select(runs, method=m, dataset=dataset, few_shot=shots)
+
+    table1 = [(d, by_dataset(d), d) for d in ("ESC50", "UrbanSound8k", "SpeechCommands", "FluentSpeechCommands")]
+    table2 = [(f"{d} {n}-shot", by_shots(d, n), (d, n)) for d, n in TABLE2["conformer"]]
+    table3 = [(d, by_dataset(d), d) for d in ("SpeechCommands", "FluentSpeechCommands", "IEMOCAP")]
+    return "\n\n".join(
+        [
+            _table("Table 1: AST", list(TABLE1), table1, paper_accuracy),
+            _table("Table 2: few-shot (Pfeiffer)", list(TABLE2), table2, lambda m, k: TABLE2[m].get(k)),
+            _table("Table 3: Wav2Vec2", list(TABLE3), table3, lambda m, d: TABLE3[m].get(d)),
+        ]
+    ) + "\n"
+
+
+def _plot_sweeps(runs, keys, x_of, xlabel, path, logx):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = {}
+    for run in runs:
+        if not run["finished"] or not set(run["sweep"]) & set(keys):
+            continue
+        label = f"{run['dataset']} {run['method']}" + (f" {run['few_shot']}-shot" if run["few_shot"] else "")
+        groups.setdefault(label, {}).setdefault(x_of(run), []).append(100 * run["accuracy"])
+    if not groups:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, points in sorted(groups.items()):
+        xs = sorted(points)
+        ax.plot(xs, [statistics.mean(points[x]) for x in xs], marker="o", label=label)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def plot_curves(run, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = training_curves(os.path.join(run["folder"], "train_log.txt"))
+    fig, (acc, loss) = plt.subplots(1, 2, figsize=(8, 3))
+    for split in ("train", "valid"):
+        acc.plot(curves["epoch"], curves[f"{split} acc"], marker=".", label=split)
+        loss.plot(curves["epoch"], curves[f"{split} loss"], marker=".", label=split)
+    acc.set_title("accuracy")
+    loss.set_title("loss")
+    for ax in (acc, loss):
+        ax.set_xlabel("epoch")
+        ax.legend()
+    fig.suptitle(os.path.relpath(run["folder"]), fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Tables and figures from finished study runs.")
+    parser.add_argument("roots", nargs="+")
+    parser.add_argument("--output", required=True)
+    args = parser.parse_args(argv)
+    runs = load_runs(args.roots)
+    if not runs:
+        raise FileNotFoundError(f"No run.json under {args.roots}: expected folders written by speechbrain_petl.study")
+    os.makedirs(args.output, exist_ok=True)
+    with open(os.path.join(args.output, "tables.md"), "w") as fout:
+        fout.write(tables(runs))
+    made = {
+        "figure2.png": _plot_sweeps(
+            runs, BUDGET_KEYS, lambda r: r["params"]["petl"], "PETL parameters",
+            os.path.join(args.output, "figure2.png"), logx=True,
+        ),
+        "figure3.png": _plot_sweeps(
+            runs, ("kernel_size",), lambda r: int(r["sweep"]["kernel_size"]), "Conformer kernel size",
+            os.path.join(args.output, "figure3.png"), logx=False,
+        ),
+    }
+    for run in runs:
+        if os.path.isfile(os.path.join(run["folder"], "train_log.txt")):
+            rel = os.path.relpath(run["folder"], os.path.commonpath([run["folder"]] + args.roots))
+            path = os.path.join(args.output, "curves", rel + ".png")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            plot_curves(run, path)
+    finished = sum(r["finished"] for r in runs)
+    print(f"{len(runs)} runs found, {finished} finished; wrote {os.path.join(args.output, 'tables.md')}"
+          + "".join(f", {name}" for name, ok in made.items() if ok))
+    return runs
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Run a recipe over folds, seeds and sweep points, resumably, in one command.
+
+Usage::
+
+    python -m speechbrain_petl.study recipes/ESC50/hparams/conformer_esc50.yaml \\
+        --output_root=results/study --folds=1,2,3,4,5 --seeds=1986,1987 \\
+        [--sweep=kernel_size:1,3,7,15,31] [--launcher="torchrun --nproc_per_node=4"] \\
+        --data_folder=/path/to/ESC-50-master [--any_yaml_key=value ...]
+
+Each run is the recipe's own ``train.py`` in its own output folder
+``<output_root>/<yaml>/<sweep point>/fold<k>_seed<s>`` (with a ``run.json``
+describing it). A finished run (tested) is skipped; an interrupted one is
+started again with the same command and resumes from its SpeechBrain
+checkpoints. Runs are sequential; each may itself be distributed by giving
+a ``--launcher`` (``torchrun``; there is no home-made launcher). At the end
+the mean and standard deviation of the test accuracy over folds and seeds
+is printed for every sweep point.
+"""
+
+import argparse
+import itertools
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+
+from speechbrain_petl.results import is_finished, test_accuracy
+
+
+def parse_list(text, cast=int):
+    """``"1,2,3"`` or ``"1-5"`` -> list; empty -> [None].
+
+    Example
+    -------
+    >>> parse_list("1-3"), parse_list("1986,7"), parse_list("")
+    ([1, 2, 3], [1986, 7], [None])
+    """
+    if not text:
+        return [None]
+    values = []
+    for part in text.split(","):
+        if cast is int and "-" in part.strip()[1:]:
+            low, high = part.split("-")
+            values.extend(range(int(low), int(high) + 1))
+        else:
+            values.append(cast(part))
+    return values
+
+
+def parse_sweep(text):
+    """``"key:v1,v2"`` -> (key, [v1, v2]) with values kept as yaml text."""
+    if not text:
+        return None, [None]
+    if ":" not in text:
+        raise ValueError(f"--sweep must look like key:value1,value2,... got {text!r}")
+    key, values = text.split(":", 1)
+    return key, parse_list(values, cast=str)
+
+
+def plan_runs(hparams, output_root, folds, seeds, sweep_key, sweep_values, overrides):
+    """Every run of the study: a list of dicts (see ``run.json``)."""
+    stem = os.path.splitext(os.path.basename(hparams))[0]
+    runs = []
+    for value, fold, seed in itertools.product(sweep_values, folds, seeds):
+        point = "default" if value is None else f"{sweep_key}-{value}"  # no "=": SpeechBrain splits overrides on it
+        parts = [f"fold{fold}"] if fold is not None else []
+        parts += [f"seed{seed}"] if seed is not None else []
+        name = "_".join(parts) or "run"
+        args = list(overrides)
+        if fold is not None:
+            args.append(f"--fold={fold}")
+        if seed is not None:
+            args.append(f"--seed={seed}")
+        if value is not None:
+            args.append(f"--{sweep_key}={value}")
+        runs.append(
+            {
+                "hparams": os.path.abspath(hparams),
+                "yaml": stem,
+                "sweep": {} if value is None else {sweep_key: value},
+                "fold": fold,
+                "seed": seed,
+                "overrides": args,
+                "output_folder": os.path.abspath(os.path.join(output_root, stem, point, name)),
+            }
+        )
+    return runs
+
+
+def launch(run, launcher, script):
+    """Runs (or resumes) one training; returns its exit status."""
+    os.makedirs(run["output_folder"], exist_ok=True)
+    with open(os.path.join(run["output_folder"], "run.json"), "w") as fout:
+        json.dump(run, fout, indent=2)
+    cmd = launcher + [script, run["hparams"], f"--output_folder={run['output_folder']}"] + run["overrides"]
+    print("$", " ".join(shlex.quote(c) for c in cmd), flush=True)
+    return subprocess.call(cmd, cwd=os.path.dirname(script))
+
+
+def summarize_runs(runs):
+    """{sweep point: (mean, std, finished, planned)} of test accuracies."""
+    groups = {}
+    for run in runs:
+        point = json.dumps(run["sweep"], sort_keys=True)
+        groups.setdefault(point, {"accuracies": [], "planned": 0})
+        groups[point]["planned"] += 1
+        if is_finished(run["output_folder"]):
+            groups[point]["accuracies"].append(test_accuracy(run["output_folder"])[0])
+    summary = {}
+    for point, group in groups.items():
+        accs = group["accuracies"]
+        mean = statistics.mean(accs) if accs else None
+        std = statistics.stdev(accs) if len(accs) > 1 else 0.0 if accs else None
+        summary[point] = (mean, std, len(accs), group["planned"])
+    return summary
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Run a recipe yaml over folds, seeds and a sweep (resumable).",
+        epilog="Other --key=value arguments are passed to every run as yaml overrides.",
+    )
+    parser.add_argument("hparams", help="the recipe yaml (recipes/<Dataset>/hparams/<x>.yaml)")
+    parser.add_argument("--output_root", required=True)
+    parser.add_argument("--folds", default="", help="e.g. 1-5 or 1,3 (datasets with folds)")
+    parser.add_argument("--seeds", default="", help="e.g. 1986,1987")
+    parser.add_argument("--sweep", default="", help="key:v1,v2,... (a top-level yaml key)")
+    parser.add_argument("--launcher", default=shlex.quote(sys.executable), help='e.g. "torchrun --nproc_per_node=4"')
+    parser.add_argument("--script", default=None, help="default: train.py next to the hparams folder")
+    args, overrides = parser.parse_known_args(argv)
+
+    script = args.script or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(args.hparams))), "train.py")
+    if not os.path.isfile(script):
+        raise FileNotFoundError(f"{script} not found: expected the recipe's train.py (or pass --script)")
+    sweep_key, sweep_values = parse_sweep(args.sweep)
+    runs = plan_runs(
+        args.hparams, args.output_root, parse_list(args.folds), parse_list(args.seeds), sweep_key, sweep_values, overrides
+    )
+    failed = []
+    for index, run in enumerate(runs, 1):
+        if is_finished(run["output_folder"]):
+            print(f"[{index}/{len(runs)}] finished already: {run['output_folder']}")
+            continue
+        print(f"[{index}/{len(runs)}] {run['output_folder']}")
+        if launch(run, shlex.split(args.launcher), script) != 0:
+            failed.append(run["output_folder"])
+    for point, (mean, std, done, planned) in summarize_runs(runs).items():
+        label = ", ".join(f"{k}={v}" for k, v in json.loads(point).items()) or "default"
+        if mean is None:
+            print(f"{label}: no finished run (0/{planned})")
+        else:
+            print(f"{label}: test accuracy {100 * mean:.2f} ± {100 * std:.2f} % over {done}/{planned} runs")
+    if failed:
+        print("Failed runs (rerun the same command to resume them):\n  " + "\n  ".join(failed))
+        sys.exit(1)
+    return runs
+
+
+if __name__ == "__main__":
+    main()

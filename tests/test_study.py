@@ -1,0 +1,165 @@
+"""Studies over folds, seeds and sweeps; budget solving; reports from logs."""
+
+import csv
+import json
+import os
+import pathlib
+
+import pytest
+
+from mini_datasets import make_esc50
+from recipe_utils import REPO
+from speechbrain_petl import budget, report, study
+
+ESC50 = REPO / "recipes" / "ESC50" / "hparams"
+
+
+@pytest.fixture(scope="module")
+def study_root(tmp_path_factory, tiny_ast_dir):
+    """Five short real runs: a kernel sweep, two folds of LoRA, one few-shot run."""
+    with pytest.MonkeyPatch.context() as patch:
+        # the runs are subprocesses started in the recipe folder
+        patch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+        yield from _run_study(tmp_path_factory, tiny_ast_dir)
+
+
+def _run_study(tmp_path_factory, tiny_ast_dir):
+    root = tmp_path_factory.mktemp("study")
+    data = make_esc50(root / "ESC-50-master")
+    common = [
+        f"--output_root={root / 'runs'}",
+        f"--data_folder={data}",
+        f"--backbone_source={tiny_ast_dir}",
+        "--num_workers=0",
+        "--device=cpu",
+        "--debug",
+        "--debug_persistently",
+    ]
+    study.main([str(ESC50 / "conformer_esc50.yaml"), "--folds=1", "--sweep=kernel_size:1,3", *common])
+    study.main([str(ESC50 / "lora_esc50.yaml"), "--folds=1,2", "--seeds=7", *common])
+    study.main([str(ESC50 / "conformer_esc50.yaml"), "--folds=1", "--few_shot=2",
+                f"--output_root={root / 'fewshot'}", *common[1:]])
+    yield root, common
+
+
+def _runs(root):
+    return sorted(p.parent for p in pathlib.Path(root).rglob("run.json"))
+
+
+def test_every_planned_run_finished_in_its_own_folder(study_root):
+    root, _ = study_root
+    folders = _runs(root)
+    assert len(folders) == 5
+    names = {str(f.relative_to(root)) for f in folders}
+    assert "runs/conformer_esc50/kernel_size-1/fold1" in names
+    assert "runs/lora_esc50/default/fold2_seed7" in names
+    for folder in folders:
+        assert (folder / "test_predictions.csv").is_file() and (folder / "params.json").is_file()
+    hparams = (root / "runs/conformer_esc50/kernel_size-3/fold1/hyperparams.yaml").read_text()
+    assert "kernel_size: 3" in hparams
+
+
+def test_finished_runs_are_skipped_and_unfinished_ones_resumed(study_root, capsys):
+    root, common = study_root
+    lora = root / "runs/lora_esc50/default"
+    stamp = (lora / "fold1_seed7" / "test_predictions.csv").stat().st_mtime
+    (lora / "fold2_seed7" / "test_predictions.csv").unlink()  # as if killed before testing
+    capsys.readouterr()
+    study.main([str(ESC50 / "lora_esc50.yaml"), "--folds=1,2", "--seeds=7", *common])
+    out = capsys.readouterr().out
+    assert "[1/2] finished already" in out and "[2/2] " + str(lora / "fold2_seed7") in out
+    assert (lora / "fold1_seed7" / "test_predictions.csv").stat().st_mtime == stamp
+    assert (lora / "fold2_seed7" / "test_predictions.csv").is_file()
+    assert "over 2/2 runs" in out and "±" in out
+
+
+def test_report_from_real_runs(study_root, tmp_path):
+    root, _ = study_root
+    report.main([str(root), f"--output={tmp_path}"])
+    tables = (tmp_path / "tables.md").read_text()
+    accs = []
+    for fold in (1, 2):
+        with open(root / f"runs/lora_esc50/default/fold{fold}_seed7/test_predictions.csv") as fin:
+            rows = list(csv.DictReader(fin))
+        accs.append(100 * sum(r["target"] == r["prediction"] for r in rows) / len(rows))
+    mean = sum(accs) / 2
+    lora_row = next(line for line in tables.splitlines() if line.startswith("| lora |"))
+    assert f"{mean:.2f} ± " in lora_row and "(2/2) / 86.45" in lora_row
+    conformer_row = next(line for line in tables.splitlines() if line.startswith("| conformer |"))
+    assert "no run / 88.30" in conformer_row  # sweep runs are not Table 1 cells
+    assert "(1/1) / 41.00" in tables  # the 2-shot conformer run, Table 2
+    assert (tmp_path / "figure3.png").is_file()
+    assert not (tmp_path / "figure2.png").exists()  # no budget sweep was run
+    assert len(list((tmp_path / "curves").rglob("*.png"))) == 5
+
+
+def _fake_run(folder, yaml, dataset, correct, total=10, sweep=None, finished=True, petl=1000):
+    folder.mkdir(parents=True)
+    run = {
+        "hparams": str(REPO / "recipes" / dataset / "hparams" / f"{yaml}.yaml"),
+        "yaml": yaml,
+        "sweep": sweep or {},
+        "fold": 1,
+        "seed": 1,
+        "overrides": [],
+        "output_folder": str(folder),
+    }
+    (folder / "run.json").write_text(json.dumps(run))
+    (folder / "params.json").write_text(json.dumps({"petl": petl, "head": 10, "frozen": 5, "total": petl + 15}))
+    if not finished:
+        return
+    (folder / "train_log.txt").write_text(
+        "epoch: 1, lr: 1.00e-03 - train loss: 2.0, train acc: 3.00e-01 - valid loss: 1.9, valid acc: 4.00e-01\n"
+        "epoch: 2, lr: 5.00e-04 - train loss: 1.5, train acc: 5.00e-01 - valid loss: 1.6, valid acc: 5.00e-01\n"
+        "Epoch loaded: 2 - test loss: 1.6, test acc: 5.00e-01\n"
+    )
+    with open(folder / "test_predictions.csv", "w", newline="") as fout:
+        writer = csv.writer(fout)
+        writer.writerow(["ID", "target", "prediction"])
+        for i in range(total):
+            writer.writerow([f"u{i}", "yes", "yes" if i < correct else "no"])
+
+
+def test_report_on_hand_made_partial_and_missing_runs(tmp_path):
+    root = tmp_path / "logs"
+    _fake_run(root / "a", "bottleneck_gsc", "SpeechCommands", correct=5)
+    _fake_run(root / "b", "bottleneck_gsc", "SpeechCommands", correct=10)
+    _fake_run(root / "c", "bottleneck_gsc", "SpeechCommands", correct=0, finished=False)
+    _fake_run(root / "d", "w2v2_linear_iemocap", "IEMOCAP", correct=0, finished=False)
+    for i, (rank, correct) in enumerate([(2, 4), (8, 6)]):
+        _fake_run(root / f"s{i}", "lora_gsc", "SpeechCommands", correct=correct,
+                  sweep={"lora_rank": str(rank)}, petl=36864 * rank)
+    out = tmp_path / "report"
+    runs = report.main([str(root), f"--output={out}"])
+    assert len(runs) == 6
+    tables = (out / "tables.md").read_text()
+    row = next(line for line in tables.splitlines() if line.startswith("| bottleneck |"))
+    assert "75.00 ± 35.36 (2/3) / 91.33" in row  # mean and std of 50% and 100%; 1 unfinished
+    assert "no run / 88.38" in row  # ESC50: nothing there
+    w2v2 = next(line for line in tables.splitlines() if line.startswith("| w2v2_linear |"))
+    assert "unfinished (0/1) / 36.82" in w2v2
+    assert (out / "figure2.png").is_file()
+    assert len(list((out / "curves").rglob("*.png"))) == 4  # the unfinished runs have no log
+
+
+def test_report_without_runs_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="No run.json"):
+        report.main([str(tmp_path), f"--output={tmp_path / 'out'}"])
+
+
+def test_budget_solver_lands_on_exact_counts(capsys):
+    rows = budget.main(
+        [str(REPO / "recipes/SpeechCommands/hparams/lora_gsc.yaml"), "--key=lora_rank",
+         "--targets=100000,221184,1000000"]
+    )
+    per_rank = 12 * 2 * (768 + 768)  # q and v in 12 blocks
+    assert rows == [(100000, 3, 3 * per_rank), (221184, 6, 221184), (1000000, 27, 27 * per_rank)]
+    assert capsys.readouterr().out.strip().endswith("--sweep=lora_rank:3,6,27")
+
+
+def test_study_argument_errors(tmp_path):
+    with pytest.raises(ValueError, match="key:value1,value2"):
+        study.parse_sweep("kernel_size")
+    with pytest.raises(FileNotFoundError, match="train.py"):
+        study.main([str(tmp_path / "x.yaml"), f"--output_root={tmp_path}"])
+    assert os.listdir(tmp_path) == []
