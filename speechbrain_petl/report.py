@@ -90,14 +90,16 @@ def _table(title, methods, columns, paper):
     lines = [
         f"### {title}",
         "",
-        "Cells: ours mean ± std (finished/found runs) / paper.",
+        "Cells: ours mean ± std (finished/found runs) / paper. PETL params: from each run's params.json.",
         "",
-        "| Method | " + " | ".join(name for name, _, _ in columns) + " |",
-        "|---" * (len(columns) + 1) + "|",
+        "| Method | PETL params (ours) | " + " | ".join(name for name, _, _ in columns) + " |",
+        "|---" * (len(columns) + 2) + "|",
     ]
     for method in methods:
         cells = [format_cell(select(method), paper(method, key)) for _, select, key in columns]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        found = sorted({r["params"]["petl"] for _, select, _ in columns for r in select(method) if r["params"]})
+        params = " / ".join(f"{n:,}" for n in found) or "—"
+        lines.append(f"| {method} | {params} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -134,6 +134,7 @@ def test_report_on_hand_made_partial_and_missing_runs(tmp_path):
     assert len(runs) == 6
     tables = (out / "tables.md").read_text()
     row = next(line for line in tables.splitlines() if line.startswith("| bottleneck |"))
+    assert row.startswith("| bottleneck | 1,000 |")  # from params.json
     assert "75.00 ± 35.36 (2/3) / 91.33" in row  # mean and std of 50% and 100%; 1 unfinished
     assert "no run / 88.38" in row  # ESC50: nothing there
     w2v2 = next(line for line in tables.splitlines() if line.startswith("| w2v2_linear |"))
