@@ -14,18 +14,17 @@ from mini_datasets import (
     make_esc50,
     snapshot,
 )
+from prep_utils import SPLITS, manifest_bytes, read_manifest
 from recipe_utils import load_recipe_module
+
+from speechbrain_petl.data import prepare
 
 prep = load_recipe_module("ESC50", "esc50_prepare")
 FIELDS = ["ID", "duration", "wav", "label", "target", "fold"]
-SPLITS = ("train", "valid", "test")
 
 
 def _read(save, split):
-    with open(save / f"{split}.csv", newline="") as f:
-        reader = csv.DictReader(f)
-        assert reader.fieldnames == FIELDS
-        return list(reader)
+    return read_manifest(save, split, FIELDS)
 
 
 def _folds(rows):
@@ -103,7 +102,7 @@ def test_official_protocol_folds(esc50_ro, tmp_path, fold, caplog):
     assert not {r["ID"] for r in train} & {r["ID"] for r in test}
     # No validation fold: valid.csv is test.csv, and a warning says so.
     assert (save / "valid.csv").read_bytes() == (save / "test.csv").read_bytes()
-    assert "no validation fold" in caplog.text
+    assert "has no validation split" in caplog.text
 
 
 def test_split_folds():
@@ -223,7 +222,7 @@ def test_interrupted_preparation_is_not_reused(esc50_ro, tmp_path,
     save = tmp_path / "save"
     prep.prepare_esc50(esc50_ro, save, fold=1)
     written = []
-    real_write = prep.write_manifest
+    real_write = prepare.write_manifest
 
     def write_then_fail(path, rows, fieldnames):
         if written:
@@ -231,10 +230,10 @@ def test_interrupted_preparation_is_not_reused(esc50_ro, tmp_path,
         written.append(path)
         real_write(path, rows, fieldnames)
 
-    monkeypatch.setattr(prep, "write_manifest", write_then_fail)
+    monkeypatch.setattr(prepare, "write_manifest", write_then_fail)
     with pytest.raises(KeyboardInterrupt):
         prep.prepare_esc50(esc50_ro, save, fold=3)
-    monkeypatch.setattr(prep, "write_manifest", real_write)
+    monkeypatch.setattr(prepare, "write_manifest", real_write)
     # train.csv now holds fold-3 content: fold 1 must not be skipped.
     prep.prepare_esc50(esc50_ro, save, fold=1)
     assert _folds(_read(save, "train")) == {3, 4, 5}
@@ -284,10 +283,6 @@ def _first_n(lines, n, folds, skip=()):
                 counts[category] = counts.get(category, 0) + 1
                 ids.append(name[:-4])
     return ids
-
-
-def _bytes(save):
-    return {s: (save / f"{s}.csv").read_bytes() for s in SPLITS}
 
 
 def test_few_shot_first_keeps_the_first_n_per_class_in_metadata_order(
@@ -370,14 +365,14 @@ def test_few_shot_random_is_seeded_and_leaves_valid_and_test(
 def test_few_shot_settings_change_prepares_again(esc50_ro, tmp_path, caplog):
     save = tmp_path / "save"
     prep.prepare_esc50(esc50_ro, save, fold=1)
-    full = _bytes(save)
+    full = manifest_bytes(save)
     caplog.set_level(logging.INFO)
 
     def run(expect, **few_shot):
         caplog.clear()
         prep.prepare_esc50(esc50_ro, save, fold=1, **few_shot)
         assert expect in caplog.text
-        return _bytes(save)
+        return manifest_bytes(save)
 
     two = run("'few_shot' changed: None -> 2", few_shot=2)
     assert len(_read(save, "train")) == 8
@@ -411,7 +406,8 @@ def test_few_shot_larger_than_a_class_keeps_it_with_a_warning(
     with caplog.at_level(logging.WARNING):
         prep.prepare_esc50(esc50_ro, tmp_path / "few", fold=1, few_shot=7)
     # 6 training clips per class (2 per fold): all kept, each class named.
-    assert _bytes(tmp_path / "few") == _bytes(tmp_path / "full")
+    few, full = tmp_path / "few", tmp_path / "full"
+    assert manifest_bytes(few) == manifest_bytes(full)
     assert "4 class(es) have fewer than 7 training clips" in caplog.text
     for category in ("dog", "rooster", "pig", "cow"):
         assert f"'{category}' (6)" in caplog.text

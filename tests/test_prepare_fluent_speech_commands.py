@@ -18,6 +18,7 @@ from mini_datasets import (
     make_fluent_speech_commands,
     snapshot,
 )
+from prep_utils import SPLITS, manifest_bytes, read_manifest
 from recipe_utils import load_recipe_module
 from speechbrain_petl.data import load_audio
 
@@ -25,14 +26,10 @@ prep = load_recipe_module(
     "FluentSpeechCommands", "fluent_speech_commands_prepare"
 )
 FIELDS = ["ID", "duration", "wav", "label", "speaker", "transcription"]
-SPLITS = ("train", "valid", "test")
 
 
 def _read(save, split):
-    with open(save / f"{split}.csv", newline="") as f:
-        reader = csv.DictReader(f)
-        assert reader.fieldnames == FIELDS
-        return list(reader)
+    return read_manifest(save, split, FIELDS)
 
 
 def _source(root, split):
@@ -371,7 +368,7 @@ def test_few_shot_random_settings_and_short_intents(fsc_ro, tmp_path,
                                                     caplog):
     save = tmp_path / "save"
     prep.prepare_fluent_speech_commands(fsc_ro, save)
-    full = {s: (save / f"{s}.csv").read_bytes() for s in SPLITS}
+    full = manifest_bytes(save)
     full_train = _read(save, "train")  # 6 clips per intent
     caplog.set_level(logging.INFO)
     picks = {}
@@ -401,7 +398,7 @@ def test_few_shot_random_settings_and_short_intents(fsc_ro, tmp_path,
     assert "'few_shot' changed: 2 -> 10" in caplog.text
     assert "4 class(es) have fewer than 10 training clips" in caplog.text
     assert "'change language_Chinese_none' (6)" in caplog.text
-    assert {s: (save / f"{s}.csv").read_bytes() for s in SPLITS} == full
+    assert manifest_bytes(save) == full
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,6 @@
 real layout."""
 
 import collections
-import csv
 import logging
 import os
 import shutil
@@ -19,20 +18,17 @@ from mini_datasets import (
     make_iemocap,
     snapshot,
 )
+from prep_utils import SPLITS, manifest_bytes, read_manifest
 from recipe_utils import load_recipe_module
 from speechbrain_petl.data import load_audio
 
 prep = load_recipe_module("IEMOCAP", "iemocap_prepare")
 FIELDS = ["ID", "duration", "wav", "label", "session", "gender", "dialog"]
-SPLITS = ("train", "valid", "test")
 RELEASE = "IEMOCAP_full_release"
 
 
 def _read(save, split):
-    with open(save / f"{split}.csv", newline="") as f:
-        reader = csv.DictReader(f)
-        assert reader.fieldnames == FIELDS
-        return list(reader)
+    return read_manifest(save, split, FIELDS)
 
 
 def _truth(dialogs=2, turns=10):
@@ -482,7 +478,7 @@ def test_few_shot_random_settings_and_short_classes(iemocap_ro, tmp_path,
                                                     caplog):
     save = tmp_path / "save"
     prep.prepare_iemocap(iemocap_ro, save, fold=4)
-    full = {s: (save / f"{s}.csv").read_bytes() for s in SPLITS}
+    full = manifest_bytes(save)
     full_train = _read(save, "train")  # 16 utterances per class
     caplog.set_level(logging.INFO)
     caplog.clear()
@@ -514,7 +510,7 @@ def test_few_shot_random_settings_and_short_classes(iemocap_ro, tmp_path,
     assert "4 class(es) have fewer than 20 training clips" in caplog.text
     for label in IEMOCAP_CLASSES:
         assert f"'{label}' (16)" in caplog.text
-    assert {s: (save / f"{s}.csv").read_bytes() for s in SPLITS} == full
+    assert manifest_bytes(save) == full
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,6 @@
 """recipes/SpeechCommands/speech_commands_prepare.py on a miniature Speech
 Commands v0.02 in the real layout."""
 
-import csv
 import logging
 import os
 import shutil
@@ -10,18 +9,15 @@ import pytest
 import soundfile as sf
 
 from mini_datasets import GSC_WORDS, corrupt_clip, make_speech_commands, snapshot
+from prep_utils import SPLITS, manifest_bytes, read_manifest
 from recipe_utils import load_recipe_module
 
 prep = load_recipe_module("SpeechCommands", "speech_commands_prepare")
 FIELDS = ["ID", "duration", "wav", "label", "speaker"]
-SPLITS = ("train", "valid", "test")
 
 
 def _read(save, split):
-    with open(save / f"{split}.csv", newline="") as f:
-        reader = csv.DictReader(f)
-        assert reader.fieldnames == FIELDS
-        return list(reader)
+    return read_manifest(save, split, FIELDS)
 
 
 def _list(root, name):
@@ -290,7 +286,7 @@ def test_few_shot_first_keeps_the_first_n_training_clips_of_each_word(
 def test_few_shot_random_settings_and_short_words(gsc6_ro, tmp_path, caplog):
     save = tmp_path / "save"
     prep.prepare_speech_commands(gsc6_ro, save)
-    full = {s: (save / f"{s}.csv").read_bytes() for s in SPLITS}
+    full = manifest_bytes(save)
     full_train = _read(save, "train")
     caplog.set_level(logging.INFO)
     caplog.clear()
@@ -321,7 +317,7 @@ def test_few_shot_random_settings_and_short_words(gsc6_ro, tmp_path, caplog):
         prep.prepare_speech_commands(gsc6_ro, save, few_shot=5)
     assert "35 class(es) have fewer than 5 training clips" in caplog.text
     assert "'backward' (4)" in caplog.text and "'zero' (4)" in caplog.text
-    assert {s: (save / f"{s}.csv").read_bytes() for s in SPLITS} == full
+    assert manifest_bytes(save) == full
 
 
 @pytest.mark.parametrize(

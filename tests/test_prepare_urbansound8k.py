@@ -19,20 +19,17 @@ from mini_datasets import (
     snapshot,
     us8k_frequency,
 )
+from prep_utils import SPLITS, manifest_bytes, read_manifest
 from recipe_utils import load_recipe_module
 from speechbrain_petl.data import load_audio
 
 prep = load_recipe_module("UrbanSound8k", "urbansound8k_prepare")
 FIELDS = ["ID", "duration", "wav", "label", "classID", "fold"]
-SPLITS = ("train", "valid", "test")
 ALL_FOLDS = set(range(1, 11))
 
 
 def _read(save, split):
-    with open(save / f"{split}.csv", newline="") as f:
-        reader = csv.DictReader(f)
-        assert reader.fieldnames == FIELDS
-        return list(reader)
+    return read_manifest(save, split, FIELDS)
 
 
 def _folds(rows):
@@ -140,7 +137,9 @@ def test_paper_protocol_folds(us8k_ro, tmp_path, fold, caplog):
     assert not {r["ID"] for r in train} & {r["ID"] for r in test}
     # No validation fold: valid.csv is test.csv, and a warning says so.
     assert (save / "valid.csv").read_bytes() == (save / "test.csv").read_bytes()
-    assert "no validation fold: valid.csv is a copy of test.csv" in caplog.text
+    assert (
+        "no validation split: valid.csv is a copy of test.csv" in caplog.text
+    )
 
 
 @pytest.mark.parametrize("fold", [1, 5, 9, 10])
@@ -149,7 +148,7 @@ def test_validation_protocol_folds(us8k_ro, tmp_path, fold, caplog):
     with caplog.at_level(logging.WARNING):
         prep.prepare_urbansound8k(us8k_ro, save, fold=fold,
                                   protocol="validation")
-    assert "no validation fold" not in caplog.text
+    assert "no validation split" not in caplog.text
     data = {split: _read(save, split) for split in SPLITS}
     valid_fold = fold % 10 + 1
     assert _folds(data["test"]) == {fold}
@@ -468,7 +467,7 @@ def test_few_shot_random_settings_and_short_classes(us8k_ro, tmp_path,
                                                     caplog):
     save = tmp_path / "save"
     prep.prepare_urbansound8k(us8k_ro, save, fold=1, protocol="validation")
-    full = {s: (save / f"{s}.csv").read_bytes() for s in SPLITS}
+    full = manifest_bytes(save)
     full_train = _read(save, "train")  # 8 folds: 8 clips per class
     caplog.set_level(logging.INFO)
     picks = []
@@ -501,7 +500,7 @@ def test_few_shot_random_settings_and_short_classes(us8k_ro, tmp_path,
     assert "'few_shot' changed: 2 -> 9" in caplog.text
     assert "4 class(es) have fewer than 9 training clips" in caplog.text
     assert "'air_conditioner' (8)" in caplog.text
-    assert {s: (save / f"{s}.csv").read_bytes() for s in SPLITS} == full
+    assert manifest_bytes(save) == full
 
 
 @pytest.mark.parametrize(

@@ -37,15 +37,9 @@ import logging
 import os
 
 from speechbrain_petl.data import (
-    check_save_folder,
-    filter_bad_clips,
-    invalidate_preparation,
-    mark_prepared,
-    preparation_is_current,
+    prepare_split_manifests,
     require_file,
-    write_manifest,
 )
-from speechbrain_petl.data.prepare import few_shot_settings, select_few_shot
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +51,6 @@ SPLITS = ("train", "valid", "test")
 CSV_FILES = {split: f"data/{split}_data.csv" for split in SPLITS}
 CSV_COLUMNS = ("path", "speakerId", "transcription", "action", "object",
                "location")
-OUTPUTS = ("train.csv", "valid.csv", "test.csv")
 FIELDNAMES = ("ID", "duration", "wav", "label", "speaker", "transcription")
 DATASET = "Fluent Speech Commands"
 LAYOUT_HINT = (
@@ -135,12 +128,32 @@ def prepare_fluent_speech_commands(
     if skip_prep:
         logger.info("skip_prep=True: not preparing Fluent Speech Commands")
         return
-    few_shot_options = few_shot_settings(
-        few_shot, few_shot_sampling, few_shot_seed
+    written = prepare_split_manifests(
+        data_folder, save_folder,
+        {"dataset": "fluent_speech_commands", "version": PREP_VERSION},
+        _check_layout, _read_clips, FIELDNAMES, DATASET,
+        max_bad_fraction=max_bad_fraction, few_shot=few_shot,
+        few_shot_sampling=few_shot_sampling, few_shot_seed=few_shot_seed,
+        split_notes=CSV_FILES, summarize=_summarize,
     )
-    data_folder = os.path.abspath(os.fspath(data_folder))
-    save_folder = os.path.abspath(os.fspath(save_folder))
-    check_save_folder(data_folder, save_folder)
+    if written is None:
+        return
+    # Few-shot selection keeps every intent of the training split.
+    train_intents = {r["label"] for r in written["train"]}
+    unseen = sorted(
+        {r["label"] for rows in written.values() for r in rows}
+        - train_intents
+    )
+    if unseen:
+        logger.warning(
+            "%s: intent(s) %s never occur in the training split", DATASET,
+            unseen,
+        )
+
+
+def _check_layout(data_folder):
+    """``(data_folder, {split: csv file})``; the three csv files must
+    exist."""
     csv_paths = {
         split: require_file(
             os.path.join(data_folder, *rel.split("/")), DATASET, data_folder,
@@ -148,17 +161,13 @@ def prepare_fluent_speech_commands(
         )
         for split, rel in CSV_FILES.items()
     }
-    settings = {
-        "dataset": "fluent_speech_commands",
-        "data_folder": data_folder,
-        "max_bad_fraction": max_bad_fraction,
-        **few_shot_options,
-        "version": PREP_VERSION,
-    }
-    if preparation_is_current(save_folder, settings, OUTPUTS):
-        return
+    return data_folder, csv_paths
 
-    rows, split_of, missing, first_line = [], {}, [], {}
+
+def _read_clips(layout):
+    """``(row, split)`` of every clip, split by split in csv order."""
+    data_folder, csv_paths = layout
+    clips, missing, first_line = [], [], {}
     for split in SPLITS:
         for row, where in _read_csv(csv_paths[split], data_folder):
             if row["ID"] in first_line:
@@ -170,50 +179,24 @@ def prepare_fluent_speech_commands(
             first_line[row["ID"]] = where
             if not os.path.isfile(row["wav"]):
                 missing.append(f"{where}: {row['wav']}")
-            split_of[row["ID"]] = split
-            rows.append(row)
+            clips.append((row, split))
     if missing:
         raise FileNotFoundError(
             f"{DATASET}: {len(missing)} listed clip(s) are missing, e.g. "
             f"{'; '.join(missing[:3])}; is the extracted dataset complete?"
         )
-    intents = sorted({row["label"] for row in rows})
+    intents = {row["label"] for row, _ in clips}
     logger.info(
-        "%s: %d clips, %d intents", DATASET, len(rows), len(intents)
+        "%s: %d clips, %d intents", DATASET, len(clips), len(intents)
     )
+    return clips
 
-    os.makedirs(save_folder, exist_ok=True)
-    invalidate_preparation(save_folder)
-    good = filter_bad_clips(
-        rows, save_folder, max_bad_fraction=max_bad_fraction
+
+def _summarize(rows):
+    return (
+        f"{len({r['speaker'] for r in rows})} speakers, "
+        f"{len({r['label'] for r in rows})} intents"
     )
-    for split in SPLITS:
-        split_rows = [r for r in good if split_of[r["ID"]] == split]
-        if not split_rows:
-            raise RuntimeError(
-                f"{DATASET}: the {split} split ({csv_paths[split]}) is empty "
-                "after removing bad clips"
-            )
-        if split == "train":
-            split_rows = select_few_shot(
-                split_rows, few_shot, few_shot_sampling, few_shot_seed
-            )
-        write_manifest(
-            os.path.join(save_folder, f"{split}.csv"), split_rows, FIELDNAMES
-        )
-        logger.info(
-            "%s %s: %d clips, %d speakers, %d intents", DATASET, split,
-            len(split_rows), len({r["speaker"] for r in split_rows}),
-            len({r["label"] for r in split_rows}),
-        )
-    train_intents = {r["label"] for r in good if split_of[r["ID"]] == "train"}
-    unseen = sorted({r["label"] for r in good} - train_intents)
-    if unseen:
-        logger.warning(
-            "%s: intent(s) %s never occur in the training split", DATASET,
-            unseen,
-        )
-    mark_prepared(save_folder, settings)
 
 
 def _read_csv(csv_path, data_folder):

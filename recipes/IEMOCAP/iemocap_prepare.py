@@ -55,15 +55,9 @@ import os
 import re
 
 from speechbrain_petl.data import (
-    check_save_folder,
-    filter_bad_clips,
-    invalidate_preparation,
-    mark_prepared,
-    preparation_is_current,
+    prepare_split_manifests,
     require_folder,
-    write_manifest,
 )
-from speechbrain_petl.data.prepare import few_shot_settings, select_few_shot
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +72,6 @@ RELEASE = "IEMOCAP_full_release"
 LABEL_MAP = {"neu": "neu", "hap": "hap", "exc": "hap", "sad": "sad",
              "ang": "ang"}
 CLASSES = ("neu", "hap", "sad", "ang")
-OUTPUTS = ("train.csv", "valid.csv", "test.csv")
 FIELDNAMES = ("ID", "duration", "wav", "label", "session", "gender", "dialog")
 DATASET = "IEMOCAP"
 LAYOUT_HINT = (
@@ -270,12 +263,34 @@ def prepare_iemocap(
         logger.info("skip_prep=True: not preparing IEMOCAP")
         return
     held_out = fold_split(fold)
-    few_shot_options = few_shot_settings(
-        few_shot, few_shot_sampling, few_shot_seed
+
+    def read_clips(release):
+        return [
+            (row, split_of(row["session"], row["gender"], fold))
+            for row in _labelled_utterances(release)
+        ]
+
+    others = [s for s in SESSIONS if s != held_out["session"]]
+    prepare_split_manifests(
+        data_folder, save_folder,
+        {"dataset": "iemocap", "fold": int(fold), "version": PREP_VERSION},
+        _check_layout, read_clips, FIELDNAMES, DATASET,
+        max_bad_fraction=max_bad_fraction, few_shot=few_shot,
+        few_shot_sampling=few_shot_sampling, few_shot_seed=few_shot_seed,
+        split_notes={
+            "train": f"fold {fold}: sessions {others}",
+            "valid": f"fold {fold}: Session{held_out['session']} "
+                     f"{held_out['valid']}",
+            "test": f"fold {fold}: Session{held_out['session']} "
+                    f"{held_out['test']}",
+        },
+        summarize=_class_counts,
     )
-    data_folder = os.path.abspath(os.fspath(data_folder))
-    save_folder = os.path.abspath(os.fspath(save_folder))
-    check_save_folder(data_folder, save_folder)
+
+
+def _check_layout(data_folder):
+    """The release folder, whose sessions must each hold
+    ``dialog/EmoEvaluation/`` and ``sentences/wav/``."""
     release = find_release(data_folder)
     for session in SESSIONS:
         for rel in (("dialog", "EmoEvaluation"), ("sentences", "wav")):
@@ -283,52 +298,12 @@ def prepare_iemocap(
                 os.path.join(release, f"Session{session}", *rel), DATASET,
                 release, f"is the {RELEASE} folder complete?",
             )
-    settings = {
-        "dataset": "iemocap",
-        "data_folder": data_folder,
-        "fold": int(fold),
-        "max_bad_fraction": max_bad_fraction,
-        **few_shot_options,
-        "version": PREP_VERSION,
-    }
-    if preparation_is_current(save_folder, settings, OUTPUTS):
-        return
+    return release
 
-    rows = _labelled_utterances(release)
-    os.makedirs(save_folder, exist_ok=True)
-    invalidate_preparation(save_folder)
-    good = filter_bad_clips(
-        rows, save_folder, max_bad_fraction=max_bad_fraction
-    )
-    describe = {
-        "train": f"sessions {[s for s in SESSIONS if s != held_out['session']]}",
-        "valid": f"Session{held_out['session']} {held_out['valid']}",
-        "test": f"Session{held_out['session']} {held_out['test']}",
-    }
-    for split in ("train", "valid", "test"):
-        split_rows = [
-            r for r in good
-            if split_of(r["session"], r["gender"], fold) == split
-        ]
-        if not split_rows:
-            raise RuntimeError(
-                f"{DATASET}: the {split} split ({describe[split]}) is empty "
-                "after removing bad clips"
-            )
-        if split == "train":
-            split_rows = select_few_shot(
-                split_rows, few_shot, few_shot_sampling, few_shot_seed
-            )
-        write_manifest(
-            os.path.join(save_folder, f"{split}.csv"), split_rows, FIELDNAMES
-        )
-        counts = collections.Counter(r["label"] for r in split_rows)
-        logger.info(
-            "%s fold %d %s (%s): %d utterances (%s)", DATASET, fold, split,
-            describe[split], len(split_rows),
-            ", ".join(f"{c} {counts[c]}" for c in CLASSES),
-        )
-    mark_prepared(save_folder, settings)
+
+def _class_counts(rows):
+    counts = collections.Counter(r["label"] for r in rows)
+    return ", ".join(f"{c} {counts[c]}" for c in CLASSES)
 
 
 def _labelled_utterances(release):

@@ -32,16 +32,10 @@ import logging
 import os
 
 from speechbrain_petl.data import (
-    check_save_folder,
-    filter_bad_clips,
-    invalidate_preparation,
-    mark_prepared,
-    preparation_is_current,
+    prepare_split_manifests,
     require_file,
     require_folder,
-    write_manifest,
 )
-from speechbrain_petl.data.prepare import few_shot_settings, select_few_shot
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +53,6 @@ WORDS = (
 BACKGROUND_NOISE = "_background_noise_"
 VALID_LIST = "validation_list.txt"
 TEST_LIST = "testing_list.txt"
-OUTPUTS = ("train.csv", "valid.csv", "test.csv")
 FIELDNAMES = ("ID", "duration", "wav", "label", "speaker")
 DATASET = "Speech Commands v0.02"
 LAYOUT_HINT = (
@@ -123,12 +116,19 @@ def prepare_speech_commands(
     if skip_prep:
         logger.info("skip_prep=True: not preparing Speech Commands")
         return
-    few_shot_options = few_shot_settings(
-        few_shot, few_shot_sampling, few_shot_seed
+    prepare_split_manifests(
+        data_folder, save_folder,
+        {"dataset": "speech_commands_v0.02", "version": PREP_VERSION},
+        _check_layout, _read_clips, FIELDNAMES, DATASET,
+        max_bad_fraction=max_bad_fraction, few_shot=few_shot,
+        few_shot_sampling=few_shot_sampling, few_shot_seed=few_shot_seed,
+        empty_split_hint=LAYOUT_HINT,
     )
-    data_folder = os.path.abspath(os.fspath(data_folder))
-    save_folder = os.path.abspath(os.fspath(save_folder))
-    check_save_folder(data_folder, save_folder)
+
+
+def _check_layout(data_folder):
+    """``(data_folder, validation list, testing list)``; both lists must
+    exist."""
     valid_list = require_file(
         os.path.join(data_folder, VALID_LIST), DATASET, data_folder,
         LAYOUT_HINT,
@@ -137,16 +137,13 @@ def prepare_speech_commands(
         os.path.join(data_folder, TEST_LIST), DATASET, data_folder,
         LAYOUT_HINT,
     )
-    settings = {
-        "dataset": "speech_commands_v0.02",
-        "data_folder": data_folder,
-        "max_bad_fraction": max_bad_fraction,
-        **few_shot_options,
-        "version": PREP_VERSION,
-    }
-    if preparation_is_current(save_folder, settings, OUTPUTS):
-        return
+    return data_folder, valid_list, test_list
 
+
+def _read_clips(layout):
+    """``(row, split)`` of every word clip, word by word in file-name
+    order."""
+    data_folder, valid_list, test_list = layout
     for word in WORDS:
         require_folder(
             os.path.join(data_folder, word), DATASET, data_folder,
@@ -164,43 +161,22 @@ def prepare_speech_commands(
             f"{valid_list} and {test_list}, e.g. {both[0]}"
         )
 
-    rows, split_of = [], {}
+    clips = []
     for word in WORDS:
         for rel in _word_clips(data_folder, word):
-            row = _row(data_folder, rel)
-            split_of[row["ID"]] = (
+            split = (
                 "valid" if rel in valid else "test" if rel in test else "train"
             )
-            rows.append(row)
+            clips.append((_row(data_folder, rel), split))
     logger.info(
         "%s: %d word clips (%d valid, %d test listed); %s/ is not used",
         DATASET,
-        len(rows),
+        len(clips),
         len(valid),
         len(test),
         BACKGROUND_NOISE,
     )
-
-    os.makedirs(save_folder, exist_ok=True)
-    invalidate_preparation(save_folder)
-    good = filter_bad_clips(
-        rows, save_folder, max_bad_fraction=max_bad_fraction
-    )
-    for split in ("train", "valid", "test"):
-        split_rows = [r for r in good if split_of[r["ID"]] == split]
-        if not split_rows:
-            raise RuntimeError(
-                f"{DATASET}: the {split} split is empty after removing bad "
-                f"clips; {LAYOUT_HINT}"
-            )
-        if split == "train":
-            split_rows = select_few_shot(
-                split_rows, few_shot, few_shot_sampling, few_shot_seed
-            )
-        write_manifest(
-            os.path.join(save_folder, f"{split}.csv"), split_rows, FIELDNAMES
-        )
-    mark_prepared(save_folder, settings)
+    return clips
 
 
 def _warn_about_unknown_folders(data_folder):

@@ -47,16 +47,11 @@ import os
 import re
 
 from speechbrain_petl.data import (
-    check_save_folder,
-    filter_bad_clips,
-    invalidate_preparation,
-    mark_prepared,
-    preparation_is_current,
+    assign_folds,
+    prepare_split_manifests,
     require_file,
     require_folder,
-    write_manifest,
 )
-from speechbrain_petl.data.prepare import few_shot_settings, select_few_shot
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +69,6 @@ CLASSES = (
 )  # fmt: skip
 META_COLUMNS = ("slice_file_name", "fsID", "start", "end", "salience",
                 "fold", "classID", "class")
-OUTPUTS = ("train.csv", "valid.csv", "test.csv")
 FIELDNAMES = ("ID", "duration", "wav", "label", "classID", "fold")
 DATASET = "UrbanSound8K"
 LAYOUT_HINT = (
@@ -195,12 +189,21 @@ def prepare_urbansound8k(
         logger.info("skip_prep=True: not preparing UrbanSound8K")
         return
     folds = split_folds(fold, protocol)
-    few_shot_options = few_shot_settings(
-        few_shot, few_shot_sampling, few_shot_seed
+    prepare_split_manifests(
+        data_folder, save_folder,
+        {"dataset": "urbansound8k", "fold": int(fold), "protocol": protocol,
+         "version": PREP_VERSION},
+        _check_layout, lambda layout: assign_folds(_read_meta(*layout), folds),
+        FIELDNAMES, DATASET, max_bad_fraction=max_bad_fraction,
+        few_shot=few_shot, few_shot_sampling=few_shot_sampling,
+        few_shot_seed=few_shot_seed,
+        split_notes={split: f"folds {folds[split]}" for split in folds},
     )
-    data_folder = os.path.abspath(os.fspath(data_folder))
-    save_folder = os.path.abspath(os.fspath(save_folder))
-    check_save_folder(data_folder, save_folder)
+
+
+def _check_layout(data_folder):
+    """``(metadata/UrbanSound8K.csv, audio/)`` of ``data_folder``, which must
+    exist, as must ``audio/fold1`` to ``audio/fold10``."""
     meta = require_file(
         os.path.join(data_folder, "metadata", "UrbanSound8K.csv"), DATASET,
         data_folder, LAYOUT_HINT,
@@ -213,51 +216,7 @@ def prepare_urbansound8k(
             os.path.join(audio, f"fold{k}"), DATASET, data_folder,
             LAYOUT_HINT,
         )
-    settings = {
-        "dataset": "urbansound8k",
-        "data_folder": data_folder,
-        "fold": int(fold),
-        "protocol": protocol,
-        "max_bad_fraction": max_bad_fraction,
-        **few_shot_options,
-        "version": PREP_VERSION,
-    }
-    if preparation_is_current(save_folder, settings, OUTPUTS):
-        return
-
-    rows = _read_meta(meta, audio)
-    os.makedirs(save_folder, exist_ok=True)
-    invalidate_preparation(save_folder)
-    good = filter_bad_clips(
-        rows, save_folder, max_bad_fraction=max_bad_fraction
-    )
-    if protocol == "paper":
-        logger.warning(
-            "%s protocol='paper' has no validation fold: valid.csv is a copy "
-            "of test.csv (fold %d), so validation scores are test scores; do "
-            "not select checkpoints or hyperparameters on them",
-            DATASET,
-            fold,
-        )
-    for split in ("train", "valid", "test"):
-        split_rows = [r for r in good if r["fold"] in folds[split]]
-        if not split_rows:
-            raise RuntimeError(
-                f"{DATASET}: the {split} split (folds {folds[split]}) is "
-                "empty after removing bad clips"
-            )
-        if split == "train":
-            split_rows = select_few_shot(
-                split_rows, few_shot, few_shot_sampling, few_shot_seed
-            )
-        write_manifest(
-            os.path.join(save_folder, f"{split}.csv"), split_rows, FIELDNAMES
-        )
-        logger.info(
-            "%s %s: folds %s, %d clips", DATASET, split, folds[split],
-            len(split_rows),
-        )
-    mark_prepared(save_folder, settings)
+    return meta, audio
 
 
 def _read_meta(meta, audio):

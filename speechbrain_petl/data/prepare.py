@@ -15,6 +15,10 @@ Every recipe's ``*_prepare.py`` follows the same steps:
    preparation's settings);
 5. :func:`write_manifest` for each split, then :func:`mark_prepared`.
 
+:func:`prepare_split_manifests` runs steps 1 to 5 (but the dataset-specific
+layout checks and reading), so that a script only reads its dataset's layout
+and decides each clip's split and columns.
+
 Nothing is ever written inside the dataset's folder: outputs, the settings
 record and the bad-clip report all go to ``save_folder``.
 """
@@ -590,3 +594,216 @@ def select_few_shot(rows, shots, sampling="first", seed=0, label_key="label"):
         shots, sampling, len(kept), len(rows),
     )
     return [rows[i] for i in sorted(kept)]
+
+
+SPLITS = ("train", "valid", "test")
+MANIFESTS = tuple(f"{split}.csv" for split in SPLITS)
+
+
+def prepare_split_manifests(
+    data_folder,
+    save_folder,
+    settings,
+    check_layout,
+    read_clips,
+    fieldnames,
+    dataset,
+    max_bad_fraction=0.01,
+    few_shot=None,
+    few_shot_sampling="first",
+    few_shot_seed=0,
+    split_notes=None,
+    empty_split_hint="",
+    summarize=None,
+):
+    """The preparation flow shared by the recipes' ``*_prepare.py`` scripts:
+    everything but reading the dataset's layout and deciding each clip's
+    split and columns.
+
+    In order:
+
+    1. checks the few-shot options (:func:`few_shot_settings`) and
+       :func:`check_save_folder`, then calls ``check_layout(data_folder)``
+       (which raises on a missing file or folder);
+    2. returns None if :func:`preparation_is_current` (the settings are
+       ``settings`` plus ``data_folder``, ``max_bad_fraction`` and the
+       few-shot options); otherwise
+    3. calls ``read_clips(layout)``, :func:`invalidate_preparation`, and
+       :func:`filter_bad_clips`; warns when valid.csv will be a copy of
+       test.csv (the same clips, e.g. a protocol without a validation fold);
+    4. for each split, ``"train"``, ``"valid"`` and ``"test"``, keeps the
+       usable clips assigned to it (a RuntimeError if there are none), cuts
+       the training split down with :func:`select_few_shot`, writes
+       ``<split>.csv`` with :func:`write_manifest` and logs its size;
+    5. :func:`mark_prepared`.
+
+    Arguments
+    ---------
+    data_folder : str or os.PathLike
+        The dataset's root (made absolute).
+    save_folder : str or os.PathLike
+        Where the manifests are written (made absolute; never inside
+        ``data_folder``).
+    settings : dict
+        The dataset's own settings (e.g. ``dataset``, ``fold``,
+        ``version``); JSON-serialisable.
+    check_layout : callable
+        ``check_layout(data_folder) -> layout``, given the absolute
+        ``data_folder``; checks the files that must exist and returns what
+        ``read_clips`` needs (anything).
+    read_clips : callable
+        ``read_clips(layout) -> [(row, splits), ...]``, called only when
+        preparing: one manifest row per clip (its ``fieldnames`` but
+        ``duration``, with a unique ``ID`` and the absolute ``wav``) in the
+        dataset's order, and the split(s) it belongs to (a split name, or
+        several, e.g. ``("valid", "test")`` when valid.csv copies test.csv).
+    fieldnames : sequence of str
+        Columns of the manifests.
+    dataset : str
+        The dataset's name in messages.
+    max_bad_fraction : float
+        See :func:`filter_bad_clips`.
+    few_shot, few_shot_sampling, few_shot_seed
+        See :func:`select_few_shot`; applied to the training split only.
+    split_notes : dict, optional
+        A short description of each split (e.g. ``"folds [1, 2]"``), shown
+        in parentheses in the logs and errors.
+    empty_split_hint : str
+        Appended to the error of an empty split.
+    summarize : callable, optional
+        ``summarize(rows) -> str``, shown in parentheses after the size of
+        each written split.
+
+    Returns
+    -------
+    dict or None
+        ``{split: rows written}``, or None when the preparation was current.
+
+    Example
+    -------
+    >>> import numpy as np, soundfile as sf
+    >>> tmp = getfixture("tmp_path")
+    >>> data, save = tmp / "data", tmp / "save"
+    >>> data.mkdir()
+    >>> for name in "abcd":
+    ...     sf.write(data / f"{name}.wav", np.zeros(800), 16000)
+    >>> def read_clips(data):
+    ...     return [({"ID": n, "wav": str(data / f"{n}.wav"), "label": "x"},
+    ...              "train" if n in "ab" else ("valid", "test"))
+    ...             for n in "abcd"]
+    >>> written = prepare_split_manifests(
+    ...     data, save, {"dataset": "toy", "version": 1}, lambda d: data,
+    ...     read_clips, ["ID", "duration", "wav", "label"], "Toy", few_shot=1,
+    ... )
+    >>> {split: [r["ID"] for r in rows] for split, rows in written.items()}
+    {'train': ['a'], 'valid': ['c', 'd'], 'test': ['c', 'd']}
+    >>> prepare_split_manifests(
+    ...     data, save, {"dataset": "toy", "version": 1}, lambda d: data,
+    ...     read_clips, ["ID", "duration", "wav", "label"], "Toy", few_shot=1,
+    ... ) is None
+    True
+    """
+    few_shot_options = few_shot_settings(
+        few_shot, few_shot_sampling, few_shot_seed
+    )
+    data_folder = os.path.abspath(os.fspath(data_folder))
+    save_folder = os.path.abspath(os.fspath(save_folder))
+    check_save_folder(data_folder, save_folder)
+    layout = check_layout(data_folder)
+    settings = {
+        **settings,
+        "data_folder": data_folder,
+        "max_bad_fraction": max_bad_fraction,
+        **few_shot_options,
+    }
+    if preparation_is_current(save_folder, settings, MANIFESTS):
+        return None
+
+    rows, splits_of = [], {}
+    for row, splits in read_clips(layout):
+        splits = {splits} if isinstance(splits, str) else set(splits)
+        if row["ID"] in splits_of:
+            raise ValueError(
+                f"{dataset}: clip ID {row['ID']!r} is listed twice"
+            )
+        if not splits or not splits <= set(SPLITS):
+            raise ValueError(
+                f"{dataset}: clip {row['ID']!r} is assigned to "
+                f"{sorted(splits)}, not to one or more of {SPLITS}"
+            )
+        splits_of[row["ID"]] = splits
+        rows.append(row)
+    os.makedirs(save_folder, exist_ok=True)
+    invalidate_preparation(save_folder)
+    good = filter_bad_clips(
+        rows, save_folder, max_bad_fraction=max_bad_fraction
+    )
+
+    def note(split):
+        return f" ({split_notes[split]})" if split_notes else ""
+
+    valid_ids, test_ids = (
+        {r["ID"] for r in good if split in splits_of[r["ID"]]}
+        for split in ("valid", "test")
+    )
+    if valid_ids and valid_ids == test_ids:
+        logger.warning(
+            "%s has no validation split: valid.csv is a copy of test.csv%s, "
+            "so validation scores are test scores; do not select checkpoints "
+            "or hyperparameters on them",
+            dataset,
+            note("test"),
+        )
+    written = {}
+    for split in SPLITS:
+        split_rows = [r for r in good if split in splits_of[r["ID"]]]
+        if not split_rows:
+            raise RuntimeError(
+                f"{dataset}: the {split} split{note(split)} is empty after "
+                "removing "
+                "bad clips" + (f"; {empty_split_hint}" if empty_split_hint
+                               else "")
+            )
+        if split == "train":
+            split_rows = select_few_shot(
+                split_rows, few_shot, few_shot_sampling, few_shot_seed
+            )
+        write_manifest(
+            os.path.join(save_folder, f"{split}.csv"), split_rows, fieldnames
+        )
+        summary = f" ({summarize(split_rows)})" if summarize else ""
+        logger.info("%s %s%s: %d clips%s", dataset, split, note(split),
+                    len(split_rows), summary)
+        written[split] = split_rows
+    mark_prepared(save_folder, settings)
+    return written
+
+
+def assign_folds(rows, folds, fold_key="fold"):
+    """Pairs each row with the split(s) whose folds hold ``row[fold_key]``:
+    the ``read_clips`` result of a dataset with pre-defined folds (see
+    :func:`prepare_split_manifests`).
+
+    Arguments
+    ---------
+    rows : list of dict
+        One manifest row per clip.
+    folds : dict
+        ``{split: [fold, ...]}`` for ``"train"``, ``"valid"`` and ``"test"``.
+    fold_key : str
+        Key of the fold in each row.
+
+    Returns
+    -------
+    list of (dict, list of str)
+
+    Example
+    -------
+    >>> folds = {"train": [1, 2], "valid": [3], "test": [3]}
+    >>> assign_folds([{"fold": 2}, {"fold": 3}], folds)
+    [({'fold': 2}, ['train']), ({'fold': 3}, ['valid', 'test'])]
+    """
+    return [
+        (row, [split for split in SPLITS if row[fold_key] in folds[split]])
+        for row in rows
+    ]
