@@ -3,7 +3,7 @@
 A recipe's ``train.py`` reads::
 
     hparams, run_opts = setup_experiment(argv, script=__file__)
-    run_on_main(prepare_<dataset>, kwargs={...})   # the dataset-specific part
+    run_on_main(prepare_<dataset>, kwargs=preparation_kwargs(hparams, "fold"))
     return train_and_test(hparams, run_opts)
 """
 
@@ -42,6 +42,31 @@ def setup_experiment(argv, script):
     if sb.utils.distributed.if_main_process():
         shutil.copy(os.path.realpath(script), hparams["output_folder"])
     return hparams, run_opts
+
+
+def preparation_kwargs(hparams, *dataset_keys):
+    """The keyword arguments every ``prepare_<dataset>`` takes from the yaml
+    (folders, few-shot options, ``skip_prep``), plus the dataset's own
+    ``dataset_keys`` (e.g. ``"fold"``, ``"protocol"``).
+
+    Example
+    -------
+    >>> hp = {"data_folder": "d", "save_folder": "s", "few_shot": None,
+    ...       "few_shot_sampling": "first", "few_shot_seed": 1, "skip_prep": False, "fold": 2}
+    >>> sorted(preparation_kwargs(hp, "fold"))[:3]
+    ['data_folder', 'few_shot', 'few_shot_sampling']
+    """
+    kwargs = {
+        "data_folder": hparams["data_folder"],
+        "save_folder": hparams["save_folder"],
+        "few_shot": hparams["few_shot"],
+        "few_shot_sampling": hparams["few_shot_sampling"],
+        "few_shot_seed": hparams["few_shot_seed"],
+        "skip_prep": hparams["skip_prep"],
+    }
+    for key in dataset_keys:
+        kwargs[key] = hparams[key]
+    return kwargs
 
 
 def train_and_test(hparams, run_opts):

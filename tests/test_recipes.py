@@ -130,7 +130,10 @@ def _consumed_keys(script):
         r"self\.hparams\.(\w+)",
         r"getattr\(\s*self\.hparams,\s*[\"'](\w+)[\"']",
     ]
-    return {key for pattern in patterns for key in re.findall(pattern, text)}
+    keys = {key for pattern in patterns for key in re.findall(pattern, text)}
+    for call in re.findall(r"preparation_kwargs\(hparams((?:,\s*\"\w+\")*)\)", text):
+        keys |= set(re.findall(r"\"(\w+)\"", call))
+    return keys
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r["Hparams"].split("/")[-1] for r in ROWS])

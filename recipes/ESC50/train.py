@@ -21,25 +21,13 @@ import sys
 from esc50_prepare import prepare_esc50
 from speechbrain.utils.distributed import run_on_main
 
-from speechbrain_petl.recipe import setup_experiment, train_and_test
+from speechbrain_petl.recipe import preparation_kwargs, setup_experiment, train_and_test
 
 
 def main(argv):
     """Prepares the fold, trains and tests, as the yaml in ``argv`` says."""
     hparams, run_opts = setup_experiment(argv, script=__file__)
-    run_on_main(
-        prepare_esc50,
-        kwargs={
-            "data_folder": hparams["data_folder"],
-            "save_folder": hparams["save_folder"],
-            "fold": hparams["fold"],
-            "protocol": hparams["protocol"],
-            "few_shot": hparams["few_shot"],
-            "few_shot_sampling": hparams["few_shot_sampling"],
-            "few_shot_seed": hparams["few_shot_seed"],
-            "skip_prep": hparams["skip_prep"],
-        },
-    )
+    run_on_main(prepare_esc50, kwargs=preparation_kwargs(hparams, "fold", "protocol"))
     return train_and_test(hparams, run_opts)
 
 
