@@ -117,12 +117,6 @@ class _ParameterSite(Site, abc.ABC):
             )
         self._overrides[param_name] = (owner, value)
 
-    def release(self, owner: str):
-        """Drops every override made by ``owner``."""
-        self._overrides = {
-            k: v for k, v in self._overrides.items() if v[0] != owner
-        }
-
     def param(self, name: str) -> Optional[torch.Tensor]:
         """The tensor to use for ``name``: the override, else the frozen one."""
         if name in self._overrides:

@@ -34,12 +34,12 @@ Example
 
 import csv
 import logging
-import numbers
 import os
 import re
 
 from speechbrain_petl.data import (
     assign_folds,
+    fold_splits,
     prepare_split_manifests,
     require_file,
     require_folder,
@@ -87,29 +87,12 @@ def split_folds(fold, protocol):
     >>> split_folds(2, "official")
     {'train': [1, 3, 4, 5], 'valid': [2], 'test': [2]}
     """
-    _check_fold_and_protocol(fold, protocol)
-    if protocol == "rotation":
-        valid = fold % 5 + 1
-        train = [f for f in FOLDS if f not in (fold, valid)]
-        return {"train": train, "valid": [valid], "test": [fold]}
-    train = [f for f in FOLDS if f != fold]
-    return {"train": train, "valid": [fold], "test": [fold]}
-
-
-def _check_fold_and_protocol(fold, protocol):
-    if (
-        not isinstance(fold, numbers.Integral)
-        or isinstance(fold, bool)
-        or fold not in FOLDS
-    ):
-        raise ValueError(
-            f"{DATASET}: fold must be an integer from 1 to 5, got {fold!r}"
-        )
     if protocol not in PROTOCOLS:
         raise ValueError(
             f"{DATASET}: protocol must be one of {PROTOCOLS}, got "
             f"{protocol!r}"
         )
+    return fold_splits(fold, 5, protocol == "rotation", DATASET)
 
 
 def prepare_esc50(

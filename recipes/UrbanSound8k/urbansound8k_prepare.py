@@ -42,12 +42,12 @@ Example
 
 import csv
 import logging
-import numbers
 import os
 import re
 
 from speechbrain_petl.data import (
     assign_folds,
+    fold_splits,
     prepare_split_manifests,
     require_file,
     require_folder,
@@ -101,29 +101,12 @@ def split_folds(fold, protocol):
     >>> split_folds(3, "paper")
     {'train': [1, 2, 4, 5, 6, 7, 8, 9, 10], 'valid': [3], 'test': [3]}
     """
-    _check_fold_and_protocol(fold, protocol)
-    if protocol == "validation":
-        valid = fold % 10 + 1
-        train = [f for f in FOLDS if f not in (fold, valid)]
-        return {"train": train, "valid": [valid], "test": [fold]}
-    train = [f for f in FOLDS if f != fold]
-    return {"train": train, "valid": [fold], "test": [fold]}
-
-
-def _check_fold_and_protocol(fold, protocol):
-    if (
-        not isinstance(fold, numbers.Integral)
-        or isinstance(fold, bool)
-        or fold not in FOLDS
-    ):
-        raise ValueError(
-            f"{DATASET}: fold must be an integer from 1 to 10, got {fold!r}"
-        )
     if protocol not in PROTOCOLS:
         raise ValueError(
             f"{DATASET}: protocol must be one of {PROTOCOLS}, got "
             f"{protocol!r}"
         )
+    return fold_splits(fold, 10, protocol == "validation", DATASET)
 
 
 def prepare_urbansound8k(

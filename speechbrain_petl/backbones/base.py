@@ -132,7 +132,7 @@ class Backbone(nn.Module, abc.ABC):
         self.petl[name] = method
 
     def site(self, layer, name):
-        """The site called ``name`` in block ``layer`` (see blocks.SITE_NAMES)."""
+        """The site called ``name`` in block ``layer`` (see :meth:`site_names`)."""
         if not 0 <= layer < self.num_layers:
             raise IndexError(
                 f"Layer {layer} does not exist: {type(self).__name__} has "

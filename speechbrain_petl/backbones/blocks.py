@@ -166,26 +166,10 @@ def masked_fill_padding(x, mask):
     return x.masked_fill(~mask.unsqueeze(-1), 0.0)
 
 
-SITE_NAMES = (
-    "tokens",
-    "mhsa_norm",
-    "attention.query",
-    "attention.key",
-    "attention.value",
-    "attention.keys_values",
-    "attention.output",
-    "mhsa",
-    "ffn_norm",
-    "mlp.fc1",
-    "mlp.fc2",
-    "ffn",
-)
-
 __all__ = [
     "SelfAttention",
     "FeedForward",
     "PreNormBlock",
     "PostNormBlock",
-    "SITE_NAMES",
     "masked_fill_padding",
 ]
