@@ -4,12 +4,22 @@ A backbone lobe re-states its transformer block as a short forward that calls
 sites instead of raw modules. A PETL method never reaches into a backbone's
 internals: it asks the backbone for a site by name (``"attention.query"``,
 ``"mhsa"``, ``"ffn_norm"``, ...) and attaches a hook to it under the method's
-name. A site keeps its hooks in a dict keyed by that name, so several methods
-(or, later, several task adapters) compose at one site without special cases.
+name. A site keeps what each owner attached in dicts keyed by that name, so
+several methods (or several tasks) compose at one site without special cases.
 
 The hooks' parameters are owned by the method module (registered under the
 backbone's ``petl`` ModuleDict), never by the site: a site only holds
 references. Hence ``backbone.petl.state_dict()`` is exactly the trained state.
+
+The lifecycle (attach, detach, activation, merging) is driven by the
+backbone (:class:`speechbrain_petl.backbones.Backbone`); a site only keeps,
+per owner name, what was attached to it:
+
+* ``skip(names)`` makes the site ignore the hooks and overrides of those
+  owners (inactive methods, merged ones);
+* ``fold(owner, values)`` writes new values into the frozen module's
+  parameters (merging) and keeps the originals, which ``unfold(owner)``
+  puts back bit for bit.
 
 Site kinds and the hook signature each expects:
 
@@ -37,13 +47,16 @@ Example
 >>> site.attach("double", lambda x, y: 2 * y)
 >>> torch.allclose(site(x), 2 * site.linear(x))
 True
->>> site.detach("double")
->>> site.hook_names()
-[]
+>>> site.skip({"double"})
+>>> torch.allclose(site(x), site.linear(x))
+True
+>>> site.remove_owner("double")
+>>> site.owners()
+set()
 """
 
 import abc
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -51,7 +64,7 @@ from torch import nn
 
 
 class Site(nn.Module):
-    """Base class: a named place that holds hooks keyed by method name."""
+    """Base class: a named place that holds hooks keyed by owner name."""
 
     def __init__(self):
         super().__init__()
@@ -59,6 +72,7 @@ class Site(nn.Module):
         # which are registered elsewhere; registering them here too would
         # duplicate every PETL tensor in the backbone's state_dict.
         self._hooks: Dict[str, Callable] = {}
+        self._skipped = frozenset()
 
     def attach(self, name: str, hook: Callable):
         """Adds ``hook`` under ``name``; hooks run in the order attached."""
@@ -69,27 +83,42 @@ class Site(nn.Module):
             )
         self._hooks[name] = hook
 
-    def detach(self, name: str):
-        """Removes the hook attached under ``name``."""
-        if name not in self._hooks:
-            raise KeyError(f"No hook named '{name}' at this site.")
-        del self._hooks[name]
+    def remove_owner(self, name: str):
+        """Removes everything ``name`` attached here (nothing if it has nothing)."""
+        self._hooks.pop(name, None)
+
+    def owners(self):
+        """Names of the owners with something attached here."""
+        return set(self._hooks)
 
     def hook_names(self):
         """Names of the attached hooks, in the order they run."""
         return list(self._hooks)
+
+    def skip(self, names):
+        """Ignores the hooks (and overrides) of the owners in ``names`` from
+        now on; ``skip(())`` runs everything again."""
+        self._skipped = frozenset(names)
+
+    def active_hooks(self):
+        """The hooks that run, in order."""
+        return [hook for name, hook in self._hooks.items() if name not in self._skipped]
 
 
 class _ParameterSite(Site, abc.ABC):
     """A site around a frozen module whose parameters may be overridden.
 
     An override replaces one parameter of the wrapped module (e.g. ``bias``)
-    by a tensor owned by a PETL method, for every call of the site.
+    by a tensor owned by a PETL method, for every call of the site. Several
+    owners may override the same parameter (one BitFit per task, say); the
+    backbone lets at most one of them be active (:meth:`check_overrides`).
     """
 
     def __init__(self):
         super().__init__()
-        self._overrides: Dict[str, tuple] = {}
+        self._overrides: Dict[str, Dict[str, torch.Tensor]] = {}
+        # parameter name -> stack of (owner, original values) pushed by fold()
+        self._folds: Dict[str, List[Tuple[str, torch.Tensor]]] = {}
 
     @property
     @abc.abstractmethod
@@ -97,7 +126,8 @@ class _ParameterSite(Site, abc.ABC):
         """The frozen module whose computation this site runs."""
 
     def override(self, owner: str, param_name: str, value: torch.Tensor):
-        """Uses ``value`` in place of the wrapped module's ``param_name``."""
+        """Uses ``value`` in place of the wrapped module's ``param_name``
+        whenever ``owner`` is active."""
         current = getattr(self.wrapped, param_name, None)
         if current is None:
             raise ValueError(
@@ -109,22 +139,70 @@ class _ParameterSite(Site, abc.ABC):
                 f"Override of '{param_name}' has shape {tuple(value.shape)}, "
                 f"expected {tuple(current.shape)}."
             )
-        if param_name in self._overrides:
-            raise ValueError(
-                f"'{param_name}' is already overridden by "
-                f"'{self._overrides[param_name][0]}'; '{owner}' cannot "
-                "override it too."
-            )
-        self._overrides[param_name] = (owner, value)
+        owners = self._overrides.setdefault(param_name, {})
+        if owner in owners:
+            raise ValueError(f"'{owner}' already overrides '{param_name}' at this site.")
+        owners[owner] = value
+
+    def remove_owner(self, name: str):
+        if self.folded_owners() & {name}:
+            raise RuntimeError(f"'{name}' is merged into this site's weights; unmerge it first.")
+        super().remove_owner(name)
+        for owners in self._overrides.values():
+            owners.pop(name, None)
+        self._overrides = {k: v for k, v in self._overrides.items() if v}
+
+    def owners(self):
+        return super().owners() | {o for owners in self._overrides.values() for o in owners}
+
+    def check_overrides(self, active):
+        """Raises if two owners in ``active`` override the same parameter."""
+        for param_name, owners in self._overrides.items():
+            clash = [owner for owner in owners if owner in active]
+            if len(clash) > 1:
+                raise RuntimeError(
+                    f"{clash[0]!r} and {clash[1]!r} both replace '{param_name}' of the "
+                    f"same {type(self.wrapped).__name__}; only one of them can be "
+                    "active at a time (see backbone.set_active)."
+                )
 
     def param(self, name: str) -> Optional[torch.Tensor]:
-        """The tensor to use for ``name``: the override, else the frozen one."""
-        if name in self._overrides:
-            return self._overrides[name][1]
+        """The tensor to use for ``name``: the active override, else the frozen one."""
+        for owner, value in self._overrides.get(name, {}).items():
+            if owner not in self._skipped:
+                return value
         return getattr(self.wrapped, name)
 
+    def fold(self, owner: str, values: Dict[str, torch.Tensor]):
+        """Writes ``values`` into the wrapped module's parameters in place
+        (merging), keeping a copy of the originals for :meth:`unfold`."""
+        with torch.no_grad():
+            for param_name, value in values.items():
+                target = self.wrapped.get_parameter(param_name)
+                self._folds.setdefault(param_name, []).append((owner, target.detach().clone()))
+                target.copy_(value)
+
+    def unfold(self, owner: str):
+        """Puts back, bit for bit, the parameters ``owner`` folded. Folds into
+        one tensor are undone last-in first-out."""
+        for param_name, stack in self._folds.items():
+            if any(o == owner for o, _ in stack) and stack[-1][0] != owner:
+                raise RuntimeError(
+                    f"'{stack[-1][0]}' was merged into '{param_name}' after '{owner}': "
+                    f"unmerge '{stack[-1][0]}' first."
+                )
+        with torch.no_grad():
+            for param_name, stack in self._folds.items():
+                if stack and stack[-1][0] == owner:
+                    self.wrapped.get_parameter(param_name).copy_(stack.pop()[1])
+        self._folds = {k: v for k, v in self._folds.items() if v}
+
+    def folded_owners(self):
+        """Owners whose values are folded into the wrapped module's weights."""
+        return {owner for stack in self._folds.values() for owner, _ in stack}
+
     def _run_hooks(self, x, y):
-        for hook in self._hooks.values():
+        for hook in self.active_hooks():
             y = hook(x, y)
         return y
 
@@ -211,7 +289,7 @@ class SublayerSite(Site):
 
     def forward(self, x, sublayer, mask=None):
         y = sublayer(x, mask)
-        for hook in self._hooks.values():
+        for hook in self.active_hooks():
             y = hook(x, y, mask)
         return y
 
@@ -228,7 +306,7 @@ class TokenSite(Site):
     """
 
     def forward(self, x, mask=None):
-        for hook in self._hooks.values():
+        for hook in self.active_hooks():
             x, mask = hook(x, mask)
         return x, mask
 
@@ -245,6 +323,20 @@ class KeyValueSite(Site):
     """
 
     def forward(self, keys, values, mask=None):
-        for hook in self._hooks.values():
+        for hook in self.active_hooks():
             keys, values, mask = hook(keys, values, mask)
         return keys, values, mask
+
+
+def masked_fill_padding(x, mask):
+    """Zeros the padded positions of ``x`` (batch, time, ch); no-op if mask is None.
+
+    Example
+    -------
+    >>> x = torch.ones(1, 3, 2)
+    >>> masked_fill_padding(x, torch.tensor([[True, True, False]]))[0, :, 0].tolist()
+    [1.0, 1.0, 0.0]
+    """
+    if mask is None:
+        return x
+    return x.masked_fill(~mask.unsqueeze(-1), 0.0)

@@ -1,5 +1,7 @@
 """The Audio Spectrogram Transformer (AST) as a frozen SpeechBrain lobe."""
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -91,6 +93,7 @@ class AST(Backbone):
                 f"max_frames={max_frames} is shorter than one AST patch ({patch} frames)."
             )
         self.source = describe_source(source)
+        self.pretrained = pretrained
         self.config = config
         self.max_frames = max_frames
         self.hidden_size = config.hidden_size
@@ -148,10 +151,40 @@ class AST(Backbone):
         )
         return self.dropout(x + self.pos_embed), None
 
-    def _sync_hf_model(self, model):
-        if model.embeddings.position_embeddings is not self.pos_embed:
-            model.embeddings.position_embeddings = self.pos_embed
-            model.config.max_length = self.max_frames
+    @contextlib.contextmanager
+    def _hf_model_for_saving(self):
+        """The HF model with this lobe's resized positions and ``max_length``
+        swapped in while it is saved; the live model is restored after."""
+        model = self.__dict__["_hf_model"]
+        embeddings = model.embeddings
+        if embeddings.position_embeddings is self.pos_embed:
+            yield model
+            return
+        positions, max_length = embeddings.position_embeddings, model.config.max_length
+        embeddings.position_embeddings, model.config.max_length = self.pos_embed, self.max_frames
+        try:
+            yield model
+        finally:
+            embeddings.position_embeddings, model.config.max_length = positions, max_length
+
+    def constructor_args(self):
+        """Arguments that rebuild this lobe (without its PETL methods)."""
+        return {
+            "source": self.source,
+            "pretrained": self.pretrained,
+            "max_frames": self.max_frames,
+            "pooling": self.pooling,
+            "sample_rate": self.features.sample_rate,
+            "feature_mean": self.features.mean,
+            "feature_std": self.features.std,
+        }
+
+    @property
+    def min_samples(self):
+        """Shortest clip accepted: one sample. Shorter clips than one fbank
+        window or one patch are zero-padded, as every clip shorter than
+        ``max_frames`` is (AST's own convention)."""
+        return 1
 
     def architecture(self):
         return {

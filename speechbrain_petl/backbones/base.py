@@ -12,10 +12,17 @@ class then
 * attaches PETL methods, registered under ``self.petl[name]``: that
   ModuleDict (plus any backbone tensor a method unfroze) is the trained state,
   and it is all that SpeechBrain checkpoints of the lobe contain;
+* gives methods a lifecycle (PEFT-style): ``attach``/``detach``, an active
+  set (``set_active``), and ``merge``/``unmerge`` into the frozen weights.
+  The one record of what is attached where is the sites' dicts keyed by
+  method name; ``self.petl`` can only change through ``attach``/``detach``,
+  so the two never drift apart;
+* identifies the frozen weights by a content hash (:meth:`fingerprint`);
 * pools the final token sequence (mean over real tokens, or CLS).
 """
 
 import abc
+import contextlib
 import logging
 import os
 
@@ -29,8 +36,9 @@ from speechbrain.utils.checkpoints import (
     register_checkpoint_hooks,
 )
 
+from speechbrain_petl.backbones.fingerprint import TensorHashCache
 from speechbrain_petl.methods.base import PETLMethod
-from speechbrain_petl.sites import Site
+from speechbrain_petl.sites import Site, _ParameterSite
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +51,11 @@ class Backbone(nn.Module, abc.ABC):
 
     Subclasses must set ``self.layers`` (ModuleList of blocks),
     ``self.final_norm`` (a NormSite applied after the last block, or None),
-    ``self.hidden_size`` and ``self.num_special_tokens`` (tokens such as CLS
-    that lead the sequence and that prompts are inserted after), then call
-    ``self._finish_init(petl)``.
+    ``self.hidden_size``, ``self.num_special_tokens`` (tokens such as CLS
+    that lead the sequence and that prompts are inserted after),
+    ``self.source`` (printable) and ``self.pretrained``, implement
+    ``embed``, ``constructor_args`` and ``min_samples``, then call
+    ``self._finish_init(petl)`` last.
 
     Arguments
     ---------
@@ -60,7 +70,9 @@ class Backbone(nn.Module, abc.ABC):
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.pooling = pooling
-        self.petl = nn.ModuleDict()
+        self.petl = MethodDict()
+        self._inactive = set()
+        self._hash_cache = TensorHashCache()
 
     # ------------------------------------------------------------------ setup
     def _finish_init(self, petl):
@@ -78,8 +90,12 @@ class Backbone(nn.Module, abc.ABC):
         # registering it would duplicate them in every state_dict.
         self.__dict__["_hf_model"] = model
 
-    def _sync_hf_model(self, model):
-        """Copies lobe-side changes back into the Hugging Face model."""
+    @contextlib.contextmanager
+    def _hf_model_for_saving(self):
+        """The Hugging Face model holding the lobe's current weights; lobes
+        whose own tensors differ from it (AST's resized positions) swap them
+        in for the duration and restore the live model afterwards."""
+        yield self.__dict__["_hf_model"]
 
     def save_pretrained(self, folder):
         """Writes the backbone (with any fine-tuned weights) as a Hugging Face
@@ -96,17 +112,31 @@ class Backbone(nn.Module, abc.ABC):
             )
         if os.path.exists(os.path.join(folder, "config.json")):
             raise FileExistsError(f"{folder} already holds a model (config.json); choose a new folder.")
-        model = self.__dict__["_hf_model"]
-        self._sync_hf_model(model)
-        model.save_pretrained(folder)
+        if self.merged:
+            raise RuntimeError(
+                f"Methods {sorted(self.merged)} are merged into the weights; unmerge them "
+                "before save_pretrained (or export the merged model on purpose)."
+            )
+        with self._hf_model_for_saving() as model:
+            model.save_pretrained(folder)
 
     @property
     def num_layers(self):
         """Number of transformer blocks."""
         return len(self.layers)
 
-    def attach(self, method, name=None):
+    # ------------------------------------------------------------ lifecycle
+    def attach(self, method, name=None, active=True):
         """Attaches a PETL method under ``name`` (default: the method's own).
+
+        Arguments
+        ---------
+        method : PETLMethod
+            A fresh method instance (one instance per attachment).
+        name : str, optional
+            Key under ``self.petl`` and at every site it uses.
+        active : bool
+            Whether the method takes part in the forward pass right away.
 
         Example
         -------
@@ -117,6 +147,10 @@ class Backbone(nn.Module, abc.ABC):
         ...     num_attention_heads=2, intermediate_size=64, max_length=64)
         >>> ast = AST(source=config, pretrained=False, max_frames=64)
         >>> ast.attach(LoRA(rank=2))
+        >>> ast.attach(LoRA(rank=4), "task_b", active=False)
+        >>> list(ast.petl), ast.active
+        (['lora', 'task_b'], ['lora'])
+        >>> ast.detach("task_b")
         >>> list(ast.petl)
         ['lora']
         """
@@ -126,10 +160,121 @@ class Backbone(nn.Module, abc.ABC):
                 f"!new:speechbrain_petl.methods.LoRA), got {method!r}"
             )
         name = name or method.default_name
+        if not isinstance(name, str) or not name or "." in name:
+            raise ValueError(f"A PETL method's name must be a non-empty string without dots, got {name!r}")
         if name in self.petl:
             raise ValueError(f"A PETL method named '{name}' is already attached.")
         method.attach(self, name)
-        self.petl[name] = method
+        self.petl._register(name, method)
+        if not active:
+            self._inactive.add(name)
+        try:
+            self._sync_sites()
+        except RuntimeError:
+            self.detach(name)
+            raise
+
+    def detach(self, name):
+        """Removes method ``name``: its hooks, overrides and tensors. The
+        backbone then computes exactly what it computed before the attach.
+        A merged method must be unmerged first."""
+        method = self._method(name)
+        if name in self.merged:
+            raise RuntimeError(f"'{name}' is merged into the frozen weights; unmerge('{name}') first.")
+        for site in self.sites():
+            site.remove_owner(name)
+        method.detach(self)
+        self.petl._unregister(name)
+        self._inactive.discard(name)
+        self._sync_sites()
+
+    @property
+    def active(self):
+        """Names of the methods that take part in the forward pass."""
+        return [name for name in self.petl if name not in self._inactive]
+
+    def set_active(self, names):
+        """Makes exactly ``names`` active (the others stay attached, unused).
+
+        Refused when two active methods would replace the same frozen tensor
+        or both insert tokens, and for a merged method left out (its update
+        is in the weights: unmerge it first).
+        """
+        names = [names] if isinstance(names, str) else list(names)
+        for name in names:
+            self._method(name)
+        inactive = set(self.petl) - set(names)
+        merged_off = sorted(inactive & self.merged)
+        if merged_off:
+            raise RuntimeError(f"{merged_off} are merged into the weights; unmerge them before deactivating.")
+        previous = self._inactive
+        self._inactive = inactive
+        try:
+            self._sync_sites()
+        except RuntimeError:
+            self._inactive = previous
+            self._sync_sites()
+            raise
+
+    def merge(self, name):
+        """Folds method ``name`` into the frozen weights (LoRA updates, BitFit
+        biases, trained LayerNorm copies); its sites stop running what was
+        folded. Outputs are unchanged up to float rounding.
+
+        Exact undo: the sites keep a copy of every tensor they overwrite, and
+        :meth:`unmerge` copies it back (bit-identical; the copy costs the
+        memory of the touched tensors: about 57 MB for LoRA on AST-base's
+        query and value projections).
+        """
+        method = self._method(name)
+        if name in self._inactive:
+            raise RuntimeError(f"'{name}' is inactive; activate it before merging.")
+        if name in self.merged:
+            raise RuntimeError(f"'{name}' is merged already.")
+        method.merge(self, name)
+
+    def unmerge(self, name):
+        """Restores the frozen weights ``merge(name)`` changed, bit for bit."""
+        self._method(name)
+        if name not in self.merged:
+            raise RuntimeError(f"'{name}' is not merged.")
+        for site in self.sites():
+            if isinstance(site, _ParameterSite) and name in site.folded_owners():
+                site.unfold(name)
+
+    @property
+    def merged(self):
+        """Names of the methods folded into the frozen weights."""
+        return {
+            owner for site in self.sites() if isinstance(site, _ParameterSite)
+            for owner in site.folded_owners()
+        }
+
+    def sites(self):
+        """Every site of the backbone (all blocks, and the final norm)."""
+        for path, module in self.named_modules():
+            if isinstance(module, Site) and not path.startswith("petl."):
+                yield module
+
+    def _method(self, name):
+        if name not in self.petl:
+            raise KeyError(f"No PETL method named '{name}'; attached: {list(self.petl)}")
+        return self.petl[name]
+
+    def _sync_sites(self):
+        """Tells every site which owners to skip; checks the active set."""
+        active = set(self.active)
+        inserting = [name for name in self.active if self.petl[name].inserts_tokens]
+        if len(inserting) > 1:
+            raise RuntimeError(
+                f"{inserting} all insert tokens; two prompt methods active at once would "
+                "shift each other's token positions. Keep one active (backbone.set_active)."
+            )
+        for site in self.sites():
+            if isinstance(site, _ParameterSite):
+                site.check_overrides(active)
+        for site in self.sites():
+            site.skip(self._inactive)
 
     def site(self, layer, name):
         """The site called ``name`` in block ``layer`` (see :meth:`site_names`)."""
@@ -249,30 +394,46 @@ class Backbone(nn.Module, abc.ABC):
                 f"{'...' if len(missing) > 5 else ''}, unexpected "
                 f"{unexpected[:5]}{'...' if len(unexpected) > 5 else ''}."
             )
+        for key, value in state.items():
+            if not isinstance(value, torch.Tensor) or value.shape != expected[key].shape:
+                found = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise RuntimeError(
+                    f"{source}: '{key}' has shape {found}, expected "
+                    f"{tuple(expected[key].shape)} for this PETL configuration."
+                )
         own = dict(self.named_parameters())
         with torch.no_grad():
             for key, value in state.items():
-                if key.startswith("petl."):
-                    continue
-                if own[key].shape != value.shape:
-                    raise RuntimeError(
-                        f"{source}: '{key}' has shape {tuple(value.shape)}, "
-                        f"expected {tuple(own[key].shape)}."
-                    )
-                own[key].copy_(value)
+                if not key.startswith("petl."):
+                    own[key].copy_(value)
         petl_state = {k[len("petl."):]: v for k, v in state.items() if k.startswith("petl.")}
         self.petl.load_state_dict(petl_state, strict=True)
 
+    def frozen_tensors(self):
+        """``(name, tensor)`` for every backbone tensor that a trained state
+        does not carry: what must be identical for that state to mean the
+        same model. (Under full fine-tuning of AST that is no weight at all:
+        the state carries every one of them.)"""
+        carried = set(self.trainable_state_dict())
+        for name, param in self.named_parameters():
+            if not name.startswith("petl.") and name not in carried:
+                yield name, param
+        for name, buffer in self.named_buffers():
+            if not name.startswith("petl."):
+                yield name, buffer
+
     def fingerprint(self):
         """What identifies the frozen backbone a trained state belongs to:
-        lobe class, source, architecture, and a checksum of frozen weights."""
-        frozen = [p for p in self.parameters() if not p.requires_grad]
-        checksum = sum(float(p.detach().double().abs().sum()) for p in frozen[:8])
+        lobe class and architecture, and a SHA-256 of the content of every
+        frozen tensor. ``source`` is recorded for information only: the same
+        weights loaded from another folder are the same backbone."""
+        tensors = list(self.frozen_tensors())
         return {
             "lobe": type(self).__name__,
             "source": self.source,
             "architecture": self.architecture(),
-            "frozen_checksum": checksum,
+            "frozen_sha256": self._hash_cache.sha256(tensors),
+            "frozen_tensors": len(tensors),
         }
 
     def architecture(self):
@@ -281,17 +442,23 @@ class Backbone(nn.Module, abc.ABC):
 
     def check_fingerprint(self, saved, source="checkpoint"):
         """Raises a clear error if ``saved`` was made on another backbone."""
+        if not isinstance(saved, dict) or "frozen_sha256" not in saved:
+            raise RuntimeError(
+                f"{source} has no backbone fingerprint (frozen_sha256): it was not "
+                "written by this version of speechbrain_petl."
+            )
         mine = self.fingerprint()
         problems = [
-            f"{key}: checkpoint has {saved.get(key)!r}, this backbone has {mine[key]!r}"
-            for key in ("lobe", "source", "architecture")
+            f"{key}: {source} has {saved.get(key)!r}, this backbone has {mine[key]!r}"
+            for key in ("lobe", "architecture")
             if saved.get(key) != mine[key]
         ]
-        theirs = saved.get("frozen_checksum", 0.0)
-        if abs(theirs - mine["frozen_checksum"]) > 1e-6 * max(1.0, abs(theirs)):
+        if not problems and saved["frozen_sha256"] != mine["frozen_sha256"]:
+            merged = f" (merged into it: {sorted(self.merged)})" if self.merged else ""
             problems.append(
-                "frozen weights differ (checksum "
-                f"{theirs:.6g} vs {mine['frozen_checksum']:.6g}): other pretrained weights or another seed"
+                "frozen weights differ: trained on "
+                f"{saved.get('source')!r} (sha256 {saved['frozen_sha256'][:16]}...), this "
+                f"backbone is {self.source!r}{merged} (sha256 {mine['frozen_sha256'][:16]}...)"
             )
         if problems:
             raise RuntimeError(
@@ -301,19 +468,55 @@ class Backbone(nn.Module, abc.ABC):
 
     @mark_as_saver
     def _save(self, path):
-        torch.save({"fingerprint": self.fingerprint(), "state": self.trainable_state_dict()}, path)
+        torch.save(self.trained_state(), path)
+
+    def trained_state(self):
+        """``{"fingerprint": ..., "state": ...}``: what a checkpoint or an
+        inference folder stores of this lobe (plain tensors and strings)."""
+        if self.merged:
+            raise RuntimeError(
+                f"Methods {sorted(self.merged)} are merged into the frozen weights; "
+                "unmerge them before saving the trained state."
+            )
+        return {"fingerprint": self.fingerprint(), "state": self.trainable_state_dict()}
 
     @mark_as_loader
     def _load(self, path, end_of_epoch=False):
         saved = torch.load(path, map_location="cpu", weights_only=True)
+        self.load_trained_state(saved, source=str(path))
+
+    def load_trained_state(self, saved, source="trained state"):
+        """Loads what :meth:`trained_state` returned, after checking that it
+        was trained on this very backbone (same frozen weights)."""
         if not isinstance(saved, dict) or set(saved) != {"fingerprint", "state"}:
-            raise RuntimeError(f"{path} is not a speechbrain_petl backbone checkpoint.")
-        self.check_fingerprint(saved["fingerprint"], source=str(path))
-        self.load_trainable_state_dict(saved["state"], source=str(path))
+            raise RuntimeError(
+                f"{source} is not a speechbrain_petl trained state "
+                "(expected the keys 'fingerprint' and 'state')."
+            )
+        self.check_fingerprint(saved["fingerprint"], source=source)
+        self.load_trainable_state_dict(saved["state"], source=source)
 
     @mark_as_transfer
     def _transfer(self, path):
         self._load(path)
+
+
+class MethodDict(nn.ModuleDict):
+    """``backbone.petl``: the attached methods by name, changed only through
+    ``backbone.attach``/``backbone.detach`` (item assignment and deletion are
+    refused: they would leave hooks behind, or a method without hooks)."""
+
+    def __setitem__(self, key, module):
+        raise TypeError("Use backbone.attach(method, name) to add a PETL method.")
+
+    def __delitem__(self, key):
+        raise TypeError("Use backbone.detach(name) to remove a PETL method.")
+
+    def _register(self, name, method):
+        nn.ModuleDict.__setitem__(self, name, method)
+
+    def _unregister(self, name):
+        nn.ModuleDict.__delitem__(self, name)
 
 
 def _keep_frozen_in_eval(module):

@@ -159,17 +159,9 @@ class PostNormBlock(_Block):
         return x, mask
 
 
-def masked_fill_padding(x, mask):
-    """Zeros the padded positions of ``x`` (batch, time, ch); no-op if mask is None."""
-    if mask is None:
-        return x
-    return x.masked_fill(~mask.unsqueeze(-1), 0.0)
-
-
 __all__ = [
     "SelfAttention",
     "FeedForward",
     "PreNormBlock",
     "PostNormBlock",
-    "masked_fill_padding",
 ]

@@ -11,11 +11,10 @@ from speechbrain_petl.backbones.blocks import (
     PostNormBlock,
     PreNormBlock,
     SelfAttention,
-    masked_fill_padding,
 )
 from speechbrain_petl.backbones.loading import describe_source, load_model
 from speechbrain_petl.features import relative_to_absolute
-from speechbrain_petl.sites import NormSite
+from speechbrain_petl.sites import NormSite, masked_fill_padding
 
 DEFAULT_WAV2VEC2 = "facebook/wav2vec2-base-960h"
 
@@ -74,6 +73,7 @@ class Wav2Vec2(Backbone):
         model = load_model(Wav2Vec2Model, Wav2Vec2Config, source, pretrained)
         config = model.config
         self.source = describe_source(source)
+        self.pretrained = pretrained
         self.config = config
         self.hidden_size = config.hidden_size
         self.num_special_tokens = 0
@@ -104,6 +104,24 @@ class Wav2Vec2(Backbone):
 
     def architecture(self):
         return {**super().architecture(), "pre_norm": self.pre_norm}
+
+    def constructor_args(self):
+        """Arguments that rebuild this lobe (without its PETL methods)."""
+        return {
+            "source": self.source,
+            "pretrained": self.pretrained,
+            "pooling": self.pooling,
+            "normalize_waveform": self.normalize_waveform,
+        }
+
+    @property
+    def min_samples(self):
+        """Shortest clip the CNN turns into one frame (its receptive field:
+        400 samples, 25 ms, for wav2vec2-base); shorter clips are refused."""
+        samples = 1
+        for kernel, stride in reversed(list(zip(self.config.conv_kernel, self.config.conv_stride))):
+            samples = (samples - 1) * stride + kernel
+        return samples
 
     def output_lengths(self, lengths):
         """Number of encoder frames for ``lengths`` input samples."""

@@ -17,8 +17,8 @@ import functools
 import torch
 from torch import nn
 
-from speechbrain_petl.backbones.blocks import masked_fill_padding
 from speechbrain_petl.methods.base import ParameterCopy, PETLMethod, check_positive_int
+from speechbrain_petl.sites import masked_fill_padding
 
 PLACEMENTS = {"pfeiffer": ("ffn",), "houlsby": ("mhsa", "ffn")}
 MODES = ("parallel", "sequential")
@@ -166,7 +166,16 @@ class Adapters(PETLMethod):
                     norm = self.register(
                         layer, f"{sublayer}_norm", ParameterCopy(norm_site, ("weight", "bias"))
                     )
-                    norm.override(norm_site, owner=name)
+                    norm.override(name)
+
+    def constructor_args(self):
+        return {
+            **super().constructor_args(),
+            "block": self.block,
+            "placement": self.placement,
+            "mode": self.mode,
+            "train_norm": self.train_norm,
+        }
 
     def _adapt(self, adapter, x, y, mask):
         if self.mode == "parallel":

@@ -38,13 +38,21 @@ class PETLMethod(nn.Module, abc.ABC):
         self.layer_selection = layers
         self.layers = nn.ModuleDict()
         self.attached_name = None
+        self.spent = False
+
+    #: True for methods that add tokens to the sequence (prompts): two of
+    #: them active at once would shift each other's token positions.
+    inserts_tokens = False
 
     def attach(self, backbone, name):
-        """Builds the method's tensors for ``backbone`` and hooks its sites."""
-        if self.attached_name is not None:
+        """Builds the method's tensors for ``backbone`` and hooks its sites.
+
+        Called by ``backbone.attach``; a method instance attaches once, to
+        one backbone (after ``backbone.detach`` it is spent)."""
+        if self.attached_name is not None or self.spent:
             raise RuntimeError(
-                f"{type(self).__name__} is already attached as "
-                f"'{self.attached_name}'; create one instance per backbone."
+                f"This {type(self).__name__} is already attached as "
+                f"'{self.attached_name}' (or was detached); create one instance per attachment."
             )
         self._attach(backbone, name)
         self.attached_name = name
@@ -52,6 +60,39 @@ class PETLMethod(nn.Module, abc.ABC):
     @abc.abstractmethod
     def _attach(self, backbone, name):
         """Creates parameters and attaches hooks/overrides to ``backbone``."""
+
+    def detach(self, backbone):
+        """Called by ``backbone.detach`` once the sites forgot this method:
+        undoes what the method changed in the backbone itself, if anything."""
+        self.attached_name = None
+        self.spent = True
+
+    def merge(self, backbone, name):
+        """Folds the method's trained state into the frozen weights.
+
+        The default folds every :class:`ParameterCopy` the method owns (its
+        trained biases and LayerNorm affines) into the parameters it replaces;
+        hooks that are not changes of weights (adapter blocks) keep running.
+        """
+        copies = [m for m in self.modules() if isinstance(m, ParameterCopy)]
+        if not copies:
+            raise TypeError(
+                f"{type(self).__name__} has nothing that folds into the frozen weights: "
+                "only LoRA, BitFit and trained LayerNorm copies (adapters, linear probing) merge."
+            )
+        for copy in copies:
+            copy.fold(name)
+
+    def constructor_args(self):
+        """The constructor arguments that rebuild this method (for export).
+
+        Example
+        -------
+        >>> from speechbrain_petl.methods import LoRA
+        >>> LoRA(rank=4, layers=[0]).constructor_args()["layers"]
+        [0]
+        """
+        return {"layers": self.layer_selection}
 
     def selected_layers(self, backbone):
         """The block indices this method applies to, validated and sorted."""
@@ -89,14 +130,15 @@ class ParameterCopy(nn.Module):
     """Trainable copies of some parameters of the frozen module at a site.
 
     The site then uses the copies instead of the frozen originals, so the
-    backbone itself is never modified (BitFit biases, adapter LayerNorms).
+    backbone itself is never modified (BitFit biases, adapter LayerNorms),
+    unless the copies are merged (:meth:`fold`).
 
     Example
     -------
     >>> from speechbrain_petl.sites import NormSite
     >>> site = NormSite(torch.nn.LayerNorm(4))
     >>> copy = ParameterCopy(site, ("bias",))
-    >>> copy.override(site, owner="bitfit")
+    >>> copy.override("bitfit")
     >>> [name for name, _ in copy.named_parameters()]
     ['bias']
     """
@@ -104,13 +146,20 @@ class ParameterCopy(nn.Module):
     def __init__(self, site, names):
         super().__init__()
         self.names = tuple(names)
+        # Unregistered: the site belongs to the backbone, not to the method.
+        self.__dict__["site"] = site
         for name in self.names:
             original = site.wrapped.get_parameter(name)
             self.register_parameter(name, nn.Parameter(original.detach().clone()))
 
-    def override(self, site, owner):
+    def override(self, owner):
+        """Makes the site use the copies whenever ``owner`` is active."""
         for name in self.names:
-            site.override(owner, name, getattr(self, name))
+            self.site.override(owner, name, getattr(self, name))
+
+    def fold(self, owner):
+        """Writes the copies into the frozen parameters (see ``Site.fold``)."""
+        self.site.fold(owner, {name: getattr(self, name) for name in self.names})
 
 
 def check_positive_int(value, what, owner):

@@ -31,9 +31,9 @@ class BitFit(PETLMethod):
             for path, site in backbone.layers[layer].named_modules():
                 if isinstance(site, (LinearSite, NormSite)) and site.wrapped.bias is not None:
                     copy = self.register(layer, path, ParameterCopy(site, ("bias",)))
-                    copy.override(site, owner=name)
+                    copy.override(name)
                     covered.add(id(site))
         final = backbone.final_norm_site()
         if final is not None and id(final) not in covered:
             self.final_norm = ParameterCopy(final, ("bias",))
-            self.final_norm.override(final, owner=name)
+            self.final_norm.override(name)

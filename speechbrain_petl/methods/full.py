@@ -25,10 +25,29 @@ class FullFineTuning(PETLMethod):
     def _attach(self, backbone, name):
         if self.layer_selection is None:
             frozen = tuple(getattr(backbone, "always_frozen", ()))
-            for param_name, param in backbone.named_parameters():
-                if not param_name.startswith(("petl.",) + frozen):
-                    param.requires_grad_(True)
+            params = [
+                param for param_name, param in backbone.named_parameters()
+                if not param_name.startswith(("petl.",) + frozen)
+            ]
         else:
-            for layer in self.selected_layers(backbone):
-                for param in backbone.layers[layer].parameters():
-                    param.requires_grad_(True)
+            params = [
+                param for layer in self.selected_layers(backbone)
+                for param in backbone.layers[layer].parameters()
+            ]
+        # Unregistered record (the tensors belong to the backbone): which
+        # parameters were unfrozen, and their version counters at that time.
+        self.__dict__["_unfrozen"] = [(param, param._version) for param in params]
+        for param in params:
+            param.requires_grad_(True)
+
+    def detach(self, backbone):
+        """Freezes the parameters again; refused once they were changed,
+        since the weights from before the attach no longer exist."""
+        if any(param._version != version for param, version in self._unfrozen):
+            raise RuntimeError(
+                "FullFineTuning changed the backbone's own weights; detaching cannot "
+                "restore them. Build the backbone again from its source instead."
+            )
+        for param, _ in self._unfrozen:
+            param.requires_grad_(False)
+        super().detach(backbone)

@@ -21,9 +21,12 @@ class LinearProbing(PETLMethod):
     def __init__(self):
         super().__init__(layers=None)
 
+    def constructor_args(self):
+        return {}
+
     def _attach(self, backbone, name):
         final = backbone.final_norm_site()
         if final is None:
             raise ValueError(f"{type(backbone).__name__} has no final LayerNorm to train.")
         self.final_norm = ParameterCopy(final, ("weight", "bias"))
-        self.final_norm.override(final, owner=name)
+        self.final_norm.override(name)

@@ -107,6 +107,29 @@ class LoRA(PETLMethod):
         self.targets = list(targets)
         self.dropout = dropout
 
+    def constructor_args(self):
+        return {
+            **super().constructor_args(),
+            "rank": self.rank,
+            "alpha": self.alpha,
+            "targets": list(self.targets),
+            "dropout": self.dropout,
+        }
+
+    def updates(self):
+        """``(layer, target, LowRankUpdate)`` for every adapted projection."""
+        for layer, modules in self.layers.items():
+            for target in self.targets:
+                yield int(layer), target, modules.get_submodule(target)
+
+    def merge(self, backbone, name):
+        """Adds each update ``scaling * B A`` to its frozen weight, and the
+        sites stop running the updates: one matmul per projection again."""
+        for layer, target, update in self.updates():
+            site = backbone.site(layer, target)
+            weight = site.linear.weight
+            site.fold(name, {"weight": weight + update.delta_weight().to(weight.dtype)})
+
     def _attach(self, backbone, name):
         for layer in self.selected_layers(backbone):
             for target in self.targets:

@@ -48,6 +48,9 @@ class PrefixTuning(PETLMethod):
         self.num_pairs = length // 2
         self.init_std = init_std
 
+    def constructor_args(self):
+        return {**super().constructor_args(), "length": self.length, "init_std": self.init_std}
+
     def _attach(self, backbone, name):
         for layer in self.selected_layers(backbone):
             vectors = self.register(

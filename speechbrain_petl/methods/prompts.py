@@ -41,6 +41,7 @@ class PromptTuning(PETLMethod):
     """
 
     default_name = "prompts"
+    inserts_tokens = True
 
     #: Upper bound on ``length``: attention cost grows with the square of the
     #: sequence, and a longer prompt is almost surely a budget typed as length.
@@ -62,6 +63,14 @@ class PromptTuning(PETLMethod):
         self.deep = deep
         self.init_std = init_std
         self.num_special_tokens = 0
+
+    def constructor_args(self):
+        return {
+            **super().constructor_args(),
+            "length": self.length,
+            "deep": self.deep,
+            "init_std": self.init_std,
+        }
 
     def _attach(self, backbone, name):
         self.num_special_tokens = backbone.num_special_tokens
