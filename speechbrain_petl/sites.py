@@ -167,11 +167,21 @@ class _ParameterSite(Site, abc.ABC):
                 )
 
     def param(self, name: str) -> Optional[torch.Tensor]:
-        """The tensor to use for ``name``: the active override, else the frozen one."""
+        """The tensor to use for ``name``: the active override, else the
+        frozen one (which holds the override's values once it is folded)."""
         for owner, value in self._overrides.get(name, {}).items():
-            if owner not in self._skipped:
+            if owner not in self._skipped and not self._is_folded(owner):
                 return value
         return getattr(self.wrapped, name)
+
+    def active_hooks(self):
+        return [
+            hook for name, hook in self._hooks.items()
+            if name not in self._skipped and not self._is_folded(name)
+        ]
+
+    def _is_folded(self, owner):
+        return any(o == owner for stack in self._folds.values() for o, _ in stack)
 
     def fold(self, owner: str, values: Dict[str, torch.Tensor]):
         """Writes ``values`` into the wrapped module's parameters in place
