@@ -1,90 +1,226 @@
-"""Inference with a trained PETL classifier through SpeechBrain's interfaces."""
+"""Inference with a trained PETL classifier through SpeechBrain's interfaces.
+
+A trained task is an *inference folder* (written by
+:mod:`speechbrain_petl.export`): ``hyperparams.yaml``, the trained tensors
+(``embedding_model.ckpt``: PETL state and backbone fingerprint;
+``head.ckpt``), ``label_encoder.txt`` and a model card. The frozen backbone is
+not in it: the yaml names its source, and its weights must hash to the
+fingerprint the run recorded. The folder loads with
+
+* :meth:`AudioClassifier.from_hparams` (this module),
+* SpeechBrain's stock ``EncoderClassifier.from_hparams`` (the yaml names its
+  modules the way that interface expects: ``compute_features`` and
+  ``mean_var_norm`` pass waveforms through, ``embedding_model`` is the lobe,
+  ``classifier`` returns log-probabilities),
+* or ``speechbrain.inference.interfaces.foreign_class``.
+
+Both interfaces return SpeechBrain's usual ``(log-probabilities, best
+log-probability, best index, labels)``.
+"""
 
 import os
 
 import torch
-from hyperpyyaml import load_hyperpyyaml
-from speechbrain.inference.interfaces import Pretrained
+from speechbrain.dataio.encoder import CategoricalEncoder
+from speechbrain.inference.classifiers import EncoderClassifier
 
-from speechbrain_petl.data.audio import load_audio
+from speechbrain_petl.data.audio import DECODE_ERRORS, load_audio
+
+#: The files an inference folder must hold.
+INFERENCE_FILES = ("hyperparams.yaml", "embedding_model.ckpt", "head.ckpt", "label_encoder.txt")
 
 
-class AudioClassifier(Pretrained):
-    """A frozen backbone with its PETL modules and head, as a SpeechBrain
-    ``Pretrained`` interface.
+class PassThrough(torch.nn.Module):
+    """Returns its first argument: the ``compute_features`` and
+    ``mean_var_norm`` steps of ``EncoderClassifier`` for a lobe that takes
+    raw waveforms and normalises them itself.
 
-    Modules: ``backbone`` (a lobe with PETL methods attached) and
-    ``classifier``; hparams: ``label_encoder`` (and optionally
-    ``sample_rate``, default 16000).
+    Example
+    -------
+    >>> PassThrough()(torch.ones(2), torch.zeros(2)).tolist()
+    [1.0, 1.0]
+    """
+
+    def forward(self, x, *args, **kwargs):
+        return x
+
+
+def label_encoder(labels):
+    """A ``CategoricalEncoder`` whose index ``i`` is ``labels[i]``.
+
+    Example
+    -------
+    >>> label_encoder(["dog", "rain"]).decode_ndim([1, 0])
+    ['rain', 'dog']
+    """
+    encoder = CategoricalEncoder()
+    for label in labels:
+        encoder.add_label(label)
+    encoder.expect_len(len(labels))
+    return encoder
+
+
+def output_labels(encoder, n_outputs):
+    """The label of each of the head's ``n_outputs`` units; a unit that no
+    training label maps to (a head wider than the labels seen) is named
+    ``<unused output i>``.
+
+    Example
+    -------
+    >>> output_labels(label_encoder(["dog"]), 2)
+    ['dog', '<unused output 1>']
+    """
+    return [encoder.ind2lab.get(i, f"<unused output {i}>") for i in range(n_outputs)]
+
+
+def head_outputs(head):
+    """Number of output units of a linear head (SpeechBrain's or torch's)."""
+    linear = getattr(head, "w", head)
+    if not isinstance(linear, torch.nn.Linear):
+        raise TypeError(f"Expected a linear head, got {type(head).__name__}.")
+    return linear.out_features
+
+
+def load_head_state(head, path):
+    """Pretrainer hook: loads ``head.ckpt`` strictly (plain tensors only),
+    with errors that name the file."""
+    path = str(path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    expected = head.state_dict()
+    if not isinstance(state, dict) or set(state) != set(expected):
+        found = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise RuntimeError(f"{path} holds {found}, expected the head's tensors {sorted(expected)}.")
+    for key, value in state.items():
+        if value.shape != expected[key].shape:
+            raise RuntimeError(
+                f"{path}: '{key}' has shape {tuple(value.shape)}, the yaml's head expects "
+                f"{tuple(expected[key].shape)}."
+            )
+    head.load_state_dict(state)
+
+
+class AudioClassifier(EncoderClassifier):
+    """SpeechBrain's ``EncoderClassifier`` for a frozen backbone with PETL
+    modules, with checked inputs: every bad clip or folder gets an error that
+    names it instead of a confident label or a torch traceback.
+
+    Modules (as ``EncoderClassifier``): ``compute_features`` and
+    ``mean_var_norm`` (pass-throughs), ``embedding_model`` (the lobe, called
+    with ``(wavs, wav_lens)``) and ``classifier`` (log-probabilities);
+    hparams: ``label_encoder`` and ``sample_rate``.
+
+    Inputs: clips are resampled to the model's rate and down-mixed. Empty
+    clips and clips with NaN/Inf samples are refused. A clip shorter than the
+    lobe's ``min_samples`` is refused (Wav2Vec2: shorter than its CNN's
+    receptive field); AST accepts any non-empty clip and zero-pads it, as it
+    pads every clip to ``max_frames``.
 
     Example
     -------
     >>> from transformers import ASTConfig
-    >>> from speechbrain.dataio.encoder import CategoricalEncoder
     >>> from speechbrain_petl.backbones import AST
     >>> config = ASTConfig(hidden_size=32, num_hidden_layers=1,
     ...     num_attention_heads=2, intermediate_size=64, max_length=64)
-    >>> encoder = CategoricalEncoder()
-    >>> encoder.update_from_iterable(["dog", "rain"])
-    >>> classifier = AudioClassifier(
-    ...     modules={"backbone": AST(config, pretrained=False, max_frames=64),
-    ...              "classifier": torch.nn.Linear(32, 2)},
-    ...     hparams={"label_encoder": encoder}, run_opts={"device": "cpu"})
-    >>> probs, score, index, labels = classifier.classify_batch(torch.randn(3, 8000))
-    >>> probs.shape, labels[0] in ("dog", "rain")
+    >>> classifier = AudioClassifier.from_modules(
+    ...     AST(config, pretrained=False, max_frames=64), torch.nn.Linear(32, 2),
+    ...     label_encoder(["dog", "rain"]))
+    >>> log_probs, score, index, labels = classifier.classify_batch(torch.randn(3, 8000))
+    >>> log_probs.shape, labels[0] in ("dog", "rain")
     (torch.Size([3, 2]), True)
     """
 
-    MODULES_NEEDED = ["backbone", "classifier"]
     HPARAMS_NEEDED = ["label_encoder"]
 
+    @classmethod
+    def from_modules(cls, backbone, head, encoder, sample_rate=16000, run_opts=None):
+        """Builds the interface around live modules (a lobe and its head);
+        head outputs the encoder does not name get ``<unused output i>``."""
+        encoder = label_encoder(output_labels(encoder, head_outputs(head)))
+        modules = {
+            "compute_features": PassThrough(),
+            "mean_var_norm": PassThrough(),
+            "embedding_model": backbone,
+            "classifier": torch.nn.Sequential(head, torch.nn.LogSoftmax(dim=-1)),
+        }
+        hparams = {"label_encoder": encoder, "sample_rate": sample_rate}
+        return cls(modules=modules, hparams=hparams, run_opts=run_opts or {"device": "cpu"})
+
+    @classmethod
+    def from_hparams(cls, source, hparams_file="hyperparams.yaml", **kwargs):
+        """Loads an inference folder (a local folder, or a model repo id
+        where a hub is reachable). A local folder is checked first: a missing
+        file is named."""
+        if os.path.isdir(str(source)):
+            missing = [name for name in INFERENCE_FILES if not os.path.isfile(os.path.join(source, name))]
+            if hparams_file != "hyperparams.yaml" and hparams_file in missing:
+                missing.remove("hyperparams.yaml")
+            if missing:
+                raise FileNotFoundError(
+                    f"{source} is not a complete inference folder: {', '.join(missing)} missing "
+                    f"(expected {', '.join(INFERENCE_FILES)}; write one with "
+                    "`python -m speechbrain_petl.export <output_folder>`)."
+                )
+        elif os.path.exists(str(source)):
+            raise NotADirectoryError(f"{source} is a file; expected an inference folder.")
+        return super().from_hparams(source, hparams_file=hparams_file, **kwargs)
+
+    @classmethod
+    def from_experiment(cls, output_folder, max_key="acc", overrides=None, run_opts=None):
+        """The best checkpoint (by ``max_key``) of a recipe's output folder,
+        wherever that folder now is (see :func:`speechbrain_petl.export.load_run`)."""
+        from speechbrain_petl.export import load_run
+
+        run = load_run(output_folder, max_key=max_key, overrides=overrides)
+        return cls.from_modules(
+            run["backbone"], run["head"], run["label_encoder"], run["sample_rate"], run_opts
+        )
+
+    @property
+    def sample_rate(self):
+        """The rate the model expects; files are resampled to it."""
+        return getattr(self.hparams, "sample_rate", 16000)
+
     def classify_batch(self, wavs, wav_lens=None):
-        """Classifies a batch of 16 kHz waveforms ``(batch, samples)``.
+        """Classifies ``(batch, samples)`` waveforms at :attr:`sample_rate`.
 
         Returns
         -------
-        (probabilities, best score, best index, best labels)
+        (log-probabilities (batch, classes), best log-probability, best index, labels)
         """
-        wavs = wavs.to(self.device).float()
+        if not isinstance(wavs, torch.Tensor) or wavs.dim() != 2:
+            shape = tuple(wavs.shape) if isinstance(wavs, torch.Tensor) else type(wavs).__name__
+            raise ValueError(f"classify_batch expects (batch, samples) waveforms, got {shape}")
         if wav_lens is None:
-            wav_lens = torch.ones(wavs.shape[0], device=self.device)
-        with torch.no_grad(), self.inference_ctx:
-            logits = self.mods.classifier(self.mods.backbone(wavs, wav_lens.to(self.device)))
-        probs = logits.float().softmax(dim=-1)
-        score, index = probs.max(dim=-1)
-        ind2lab = self.hparams.label_encoder.ind2lab
-        labels = [ind2lab.get(i, f"<unused output {i}>") for i in index.tolist()]
-        return probs, score, index, labels
+            wav_lens = torch.ones(wavs.shape[0])
+        if wav_lens.shape != (wavs.shape[0],):
+            raise ValueError(f"wav_lens must have shape ({wavs.shape[0]},), got {tuple(wav_lens.shape)}")
+        lengths = torch.round(wav_lens.float().cpu() * wavs.shape[1]).long()
+        for i, length in enumerate(lengths.tolist()):
+            self._check_clip(wavs[i, :length], f"clip {i} of the batch")
+        return super().classify_batch(wavs, wav_lens)
 
     def classify_file(self, path):
-        """Classifies one audio file (any rate/channels: resampled, down-mixed)."""
-        sample_rate = getattr(self.hparams, "sample_rate", 16000)
-        return self.classify_batch(load_audio(path, sample_rate).unsqueeze(0))
+        """Classifies one audio file (any rate, mono or stereo, any format
+        libsndfile reads); returns the ``classify_batch`` tuple for a batch of one."""
+        path = str(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"No audio file at {path}")
+        try:
+            wav = load_audio(path, self.sample_rate)
+        except DECODE_ERRORS as err:
+            raise ValueError(f"{path} is not an audio file libsndfile can decode ({err})") from None
+        self._check_clip(wav, path)
+        return self.classify_batch(wav.unsqueeze(0))
 
-    @classmethod
-    def from_experiment(cls, output_folder, max_key="acc", run_opts=None):
-        """Loads the best checkpoint of a recipe's output folder.
-
-        Reads ``<output_folder>/hyperparams.yaml`` (the copy SpeechBrain
-        saves, with the run's overrides), builds the backbone, PETL modules
-        and head it describes, restores the checkpoint with the highest
-        ``max_key`` and the saved label encoder.
-        """
-        hparams_file = os.path.join(output_folder, "hyperparams.yaml")
-        if not os.path.isfile(hparams_file):
-            raise FileNotFoundError(
-                f"{hparams_file} not found: expected the output folder of a recipe run."
+    def _check_clip(self, wav, what):
+        if wav.numel() == 0:
+            raise ValueError(f"{what} is empty: no audio samples to classify.")
+        if not torch.isfinite(wav).all():
+            bad = int((~torch.isfinite(wav)).sum())
+            raise ValueError(f"{what} holds {bad} NaN/Inf samples of {wav.numel()}.")
+        minimum = self.mods.embedding_model.min_samples
+        if wav.numel() < minimum:
+            raise ValueError(
+                f"{what} has {wav.numel()} samples; this model needs at least {minimum} "
+                f"({1000 * minimum / self.sample_rate:.0f} ms at {self.sample_rate} Hz)."
             )
-        with open(hparams_file) as fin:
-            hparams = load_hyperpyyaml(fin, {"output_folder": str(output_folder)})
-        checkpoint = hparams["checkpointer"].recover_if_possible(max_key=max_key)
-        if checkpoint is None:
-            raise FileNotFoundError(f"No checkpoint under {hparams['save_folder']}.")
-        encoder = hparams["label_encoder"]
-        encoder.load(os.path.join(hparams["save_folder"], "label_encoder.txt"))
-        modules = {"backbone": hparams["backbone"], "classifier": hparams["classifier"]}
-        return cls(
-            modules=modules,
-            hparams={"label_encoder": encoder, "sample_rate": hparams.get("sample_rate", 16000)},
-            run_opts=run_opts or {"device": "cpu"},
-        )

@@ -8,6 +8,7 @@ A recipe's ``train.py`` reads::
 """
 
 import json
+import logging
 import os
 import shutil
 
@@ -16,7 +17,10 @@ from hyperpyyaml import load_hyperpyyaml
 
 from speechbrain_petl.brain import ClassificationBrain
 from speechbrain_petl.data.pipelines import classification_datasets
+from speechbrain_petl.export import run_card, write_inference_folder
 from speechbrain_petl.params import summarize
+
+logger = logging.getLogger(__name__)
 
 
 def setup_experiment(argv, script):
@@ -71,8 +75,9 @@ def preparation_kwargs(hparams, *dataset_keys):
 
 def train_and_test(hparams, run_opts):
     """Builds the datasets from the prepared manifests, trains (resuming from
-    the latest checkpoint if any), then tests the best checkpoint by
-    validation accuracy. Returns the Brain."""
+    the latest checkpoint if any), tests the best checkpoint by validation
+    accuracy, and writes it as ``<output_folder>/inference`` (see
+    :mod:`speechbrain_petl.export`). Returns the Brain."""
     datasets = classification_datasets(hparams)
     brain = ClassificationBrain(
         modules=hparams["modules"],
@@ -96,4 +101,33 @@ def train_and_test(hparams, run_opts):
         max_key="acc",
         test_loader_kwargs=hparams["test_dataloader_options"],
     )
+    if sb.utils.distributed.if_main_process():
+        write_inference(brain, hparams)
     return brain
+
+
+def write_inference(brain, hparams):
+    """Writes the tested model (the best checkpoint, loaded by ``evaluate``)
+    as ``<output_folder>/inference``, replacing the one an earlier run of
+    the same experiment wrote. A randomly initialised backbone
+    (``pretrained: False``) exists nowhere else: then nothing is written,
+    and the log says why."""
+    dest = os.path.join(hparams["output_folder"], "inference")
+    if not brain.backbone.pretrained:
+        logger.warning(
+            f"No inference folder at {dest}: the backbone has random weights (pretrained: False) "
+            "that no inference folder could load. Train from a save_pretrained folder to get one."
+        )
+        return None
+    folder = write_inference_folder(
+        dest,
+        brain.backbone,
+        hparams["classifier"],
+        hparams["label_encoder"],
+        hparams.get("sample_rate", 16000),
+        card=run_card(hparams["output_folder"], hparams),
+        replace=True,
+    )
+    size = sum(p.stat().st_size for p in folder.iterdir())
+    logger.info(f"Inference folder: {folder} ({size / 1e6:.2f} MB)")
+    return folder
