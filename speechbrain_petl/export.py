@@ -149,7 +149,9 @@ def measured_test_accuracy(output_folder):
 
 
 # ---------------------------------------------------------------- writing one
-def inference_yaml(backbone, head, labels, sample_rate=16000, backbone_source=None, title=""):
+def inference_yaml(
+    backbone, head, labels, sample_rate=16000, backbone_source=None, title="", max_audio_samples=None
+):
     """The ``hyperparams.yaml`` text of an inference folder."""
     methods = dict(backbone.petl.items())
     backbone_args = dict(backbone.constructor_args())
@@ -173,6 +175,10 @@ def inference_yaml(backbone, head, labels, sample_rate=16000, backbone_source=No
     ]
     sections = [
         ({"sample_rate": sample_rate}, None),
+        (
+            {"max_audio_samples": max_audio_samples},
+            "Clips are cropped to this many samples, as in training (AudioClassifier.classify_file).",
+        ) if max_audio_samples is not None else ({}, None),
         (
             {"backbone_source": source},
             "The frozen backbone: a hub id or a save_pretrained folder holding the weights\n"
@@ -224,6 +230,8 @@ def inference_yaml(backbone, head, labels, sample_rate=16000, backbone_source=No
     ]
     body = []
     for mapping, comment in sections:
+        if not mapping:
+            continue
         if comment:
             body.append(f"# {comment}\n")
         body.append(dumps(mapping) + "\n")
@@ -260,7 +268,15 @@ def _yaml_args(args):
 
 
 def write_inference_folder(
-    dest, backbone, head, encoder, sample_rate=16000, backbone_source=None, card=None, replace=False
+    dest,
+    backbone,
+    head,
+    encoder,
+    sample_rate=16000,
+    backbone_source=None,
+    card=None,
+    replace=False,
+    max_audio_samples=None,
 ):
     """Writes an inference folder (see the module doc) for live modules.
 
@@ -284,6 +300,8 @@ def write_inference_folder(
     replace : bool
         Replace ``dest`` if it is an inference folder written before (a
         recipe run re-exporting); anything else there is never touched.
+    max_audio_samples : int, optional
+        Crop clips to this many samples, as the recipe's data pipeline did.
 
     Returns
     -------
@@ -318,7 +336,9 @@ def write_inference_folder(
     label_encoder(labels).save(partial / "label_encoder.txt")
     (partial / "custom_interface.py").write_text(CUSTOM_INTERFACE)
     (partial / "hyperparams.yaml").write_text(
-        inference_yaml(backbone, head, labels, sample_rate, backbone_source, card.get("title", ""))
+        inference_yaml(
+            backbone, head, labels, sample_rate, backbone_source, card.get("title", ""), max_audio_samples
+        )
     )
     (partial / "README.md").write_text(
         model_card(backbone, head, labels, trained["fingerprint"], backbone_source, card, partial)
@@ -444,6 +464,7 @@ def export_run(output_folder, dest=None, backbone_source=None, overrides=None):
         run["sample_rate"],
         backbone_source,
         run_card(output_folder, run["hparams"]),
+        max_audio_samples=run["hparams"].get("max_audio_samples"),
     )
 
 

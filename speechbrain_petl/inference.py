@@ -109,7 +109,9 @@ class AudioClassifier(EncoderClassifier):
     with ``(wavs, wav_lens)``) and ``classifier`` (log-probabilities);
     hparams: ``label_encoder`` and ``sample_rate``.
 
-    Inputs: clips are resampled to the model's rate and down-mixed. Empty
+    Inputs: clips are resampled to the model's rate and down-mixed, and
+    cropped to ``max_audio_samples`` when the recipe trained on cropped clips
+    (hparam; IEMOCAP's Wav2Vec2 recipes: 8 s). Empty
     clips and clips with NaN/Inf samples are refused. A clip shorter than the
     lobe's ``min_samples`` is refused (Wav2Vec2: shorter than its CNN's
     receptive field); AST accepts any non-empty clip and zero-pads it, as it
@@ -132,7 +134,7 @@ class AudioClassifier(EncoderClassifier):
     HPARAMS_NEEDED = ["label_encoder"]
 
     @classmethod
-    def from_modules(cls, backbone, head, encoder, sample_rate=16000, run_opts=None):
+    def from_modules(cls, backbone, head, encoder, sample_rate=16000, run_opts=None, max_audio_samples=None):
         """Builds the interface around live modules (a lobe and its head);
         head outputs the encoder does not name get ``<unused output i>``."""
         encoder = label_encoder(output_labels(encoder, head_outputs(head)))
@@ -142,8 +144,14 @@ class AudioClassifier(EncoderClassifier):
             "embedding_model": backbone,
             "classifier": torch.nn.Sequential(head, torch.nn.LogSoftmax(dim=-1)),
         }
-        hparams = {"label_encoder": encoder, "sample_rate": sample_rate}
-        return cls(modules=modules, hparams=hparams, run_opts=run_opts or {"device": "cpu"})
+        hparams = {"label_encoder": encoder, "sample_rate": sample_rate, "max_audio_samples": max_audio_samples}
+        # Not frozen: that would turn the live lobe's trainable tensors into
+        # frozen ones (and change its fingerprint); eval mode and no_grad suffice.
+        interface = cls(
+            modules=modules, hparams=hparams, run_opts=run_opts or {"device": "cpu"}, freeze_params=False
+        )
+        interface.mods.eval()
+        return interface
 
     @classmethod
     def from_hparams(cls, source, hparams_file="hyperparams.yaml", **kwargs):
@@ -172,7 +180,8 @@ class AudioClassifier(EncoderClassifier):
 
         run = load_run(output_folder, max_key=max_key, overrides=overrides)
         return cls.from_modules(
-            run["backbone"], run["head"], run["label_encoder"], run["sample_rate"], run_opts
+            run["backbone"], run["head"], run["label_encoder"], run["sample_rate"], run_opts,
+            run["hparams"].get("max_audio_samples"),
         )
 
     @property
@@ -197,7 +206,8 @@ class AudioClassifier(EncoderClassifier):
         lengths = torch.round(wav_lens.float().cpu() * wavs.shape[1]).long()
         for i, length in enumerate(lengths.tolist()):
             self._check_clip(wavs[i, :length], f"clip {i} of the batch")
-        return super().classify_batch(wavs, wav_lens)
+        with torch.no_grad():
+            return super().classify_batch(wavs, wav_lens)
 
     def classify_file(self, path):
         """Classifies one audio file (any rate, mono or stereo, any format
@@ -210,6 +220,9 @@ class AudioClassifier(EncoderClassifier):
         except DECODE_ERRORS as err:
             raise ValueError(f"{path} is not an audio file libsndfile can decode ({err})") from None
         self._check_clip(wav, path)
+        max_samples = getattr(self.hparams, "max_audio_samples", None)
+        if max_samples is not None:
+            wav = wav[:max_samples]
         return self.classify_batch(wav.unsqueeze(0))
 
     def _check_clip(self, wav, what):

@@ -127,6 +127,7 @@ def write_inference(brain, hparams):
         hparams.get("sample_rate", 16000),
         card=run_card(hparams["output_folder"], hparams),
         replace=True,
+        max_audio_samples=hparams.get("max_audio_samples"),
     )
     size = sum(p.stat().st_size for p in folder.iterdir())
     logger.info(f"Inference folder: {folder} ({size / 1e6:.2f} MB)")

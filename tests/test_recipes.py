@@ -99,14 +99,19 @@ def test_recipe_runs_end_to_end(row, mini_data, backbones, tmp_path):
         predictions = list(csv.DictReader(fin))
     assert len(predictions) == len(brain.stats.ids) > 0
 
-    # The trained run loads through SpeechBrain's inference interface and
-    # gives the test predictions again.
-    classifier = AudioClassifier.from_experiment(out)
+    # The run wrote its inference folder; loaded through SpeechBrain's
+    # interface, it gives the run's own test predictions again, clip by clip.
+    assert (out / "inference" / "README.md").is_file()
+    classifier = AudioClassifier.from_hparams(source=str(out / "inference"), savedir=str(tmp_path / "cache"))
     with open(out / "save" / "test.csv", newline="") as fin:
         wav_of = {row["ID"]: row["wav"] for row in csv.DictReader(fin)}
-    for row_pred in predictions[:3]:
+    for row_pred in predictions:
         _, _, _, labels = classifier.classify_file(wav_of[row_pred["ID"]])
-        assert labels[0] == row_pred["prediction"]
+        assert labels[0] == row_pred["prediction"], row_pred["ID"]
+    # So does the run folder itself.
+    from_run = AudioClassifier.from_experiment(out)
+    _, _, _, labels = from_run.classify_file(wav_of[predictions[0]["ID"]])
+    assert labels[0] == predictions[0]["prediction"]
 
 
 #: yamls read by a recipe's own driver script instead of train.py, and their tests.
