@@ -8,6 +8,7 @@ import re
 import pytest
 
 from recipe_utils import REPO, load_recipe_module
+from speechbrain_petl.inference import AudioClassifier
 from speechbrain_petl.results import training_curves
 
 SMALL = [
@@ -44,6 +45,8 @@ def test_every_stage_produced_its_files(finished):
         "results.png",
         "results.json",
         "new_clip.wav",
+        "target/target_conformer/inference/embedding_model.ckpt",
+        "pretrained_models/embedding_model.ckpt",
     ]:
         assert (out / path).is_file(), path
     assert [row["method"] for row in rows] == [
@@ -104,3 +107,14 @@ def test_every_quickstart_yaml_key_is_used():
     used = set(re.findall(r"hparams\[[\"'](\w+)[\"']\]", script))
     unused = [k for k in keys if f"<{k}>" not in text and k not in used]
     assert not unused
+
+
+def test_the_conformer_task_is_a_small_folder_that_classifies_the_new_clip(finished, capsys):
+    quickstart, _, out = finished
+    inference = out / "target" / "target_conformer" / "inference"
+    assert quickstart.folder_size(inference) < quickstart.folder_size(out / "pretrained_ast") / 4
+    truth, predicted = quickstart.classify_new_clip(inference, out, seed=1986)
+    assert truth in quickstart.synthetic_data.TARGET_CLASSES
+    # The folder gives what the run's own best checkpoint gives.
+    from_run = AudioClassifier.from_experiment(inference.parent)
+    assert from_run.classify_file(out / "new_clip.wav")[3][0] == predicted

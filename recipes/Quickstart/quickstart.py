@@ -116,17 +116,25 @@ def write_report(rows, output_folder):
     return table
 
 
-def classify_new_clip(run_folder, output_folder, seed):
-    """Generates an unseen target clip and classifies it with the inference
-    interface loaded from ``run_folder``; returns (true label, predicted)."""
+def classify_new_clip(inference_folder, output_folder, seed):
+    """Generates an unseen target clip and classifies it with a fresh
+    interface loaded from an inference folder (SpeechBrain's
+    ``from_hparams``); returns (true label, predicted label)."""
     rng = np.random.default_rng(seed + 12345)
     label = int(rng.integers(len(synthetic_data.TARGET_CLASSES)))
     wave = synthetic_data.place(synthetic_data.target_sound(label, rng), rng)
     path = pathlib.Path(output_folder) / "new_clip.wav"
     sf.write(path, wave.astype(np.float32), synthetic_data.SAMPLE_RATE)
-    classifier = AudioClassifier.from_experiment(run_folder)
+    classifier = AudioClassifier.from_hparams(
+        source=str(inference_folder), savedir=str(pathlib.Path(output_folder) / "pretrained_models")
+    )
     _, _, _, predicted = classifier.classify_file(path)
     return synthetic_data.TARGET_CLASSES[label], predicted[0]
+
+
+def folder_size(folder):
+    """Total bytes of the files in ``folder``."""
+    return sum(path.stat().st_size for path in pathlib.Path(folder).iterdir() if path.is_file())
 
 
 def main(argv):
@@ -186,9 +194,16 @@ def main(argv):
 
     print("[4/4] Results (chance: 10%)")
     print(write_report(rows, out))
-    best = max((r for r in rows if r["method"] != "Full fine-tuning"), key=lambda r: r["accuracy"])
-    truth, predicted = classify_new_clip(best["folder"], out, hparams["seed"])
-    print(f"A new '{truth}' clip, classified by the {best['method']} model: '{predicted}'")
+    # Every recipe run ends by writing its tested model as <run>/inference:
+    # the trained tensors only, loadable by SpeechBrain's from_hparams.
+    conformer = next(r for r in rows if r["method"] == "Conformer adapter")
+    inference = pathlib.Path(conformer["folder"]) / "inference"
+    truth, predicted = classify_new_clip(inference, out, hparams["seed"])
+    print(
+        f"Conformer-adapter task exported to {inference} ({folder_size(inference) / 1e6:.2f} MB; "
+        f"the frozen backbone {out / 'pretrained_ast'} is {folder_size(out / 'pretrained_ast') / 1e6:.2f} MB)"
+    )
+    print(f"A new '{truth}' clip, classified through it: '{predicted}'")
     print(f"Table: {out / 'results.md'}  chart: {out / 'results.png'}")
     return rows
 
