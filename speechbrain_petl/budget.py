@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m speechbrain_petl.budget recipes/SpeechCommands/hparams/conformer_gsc.yaml \\
+    python -m speechbrain_petl.budget recipes/Google-speech-commands/PETL/hparams/conformer_gsc.yaml \\
         --key=adapter_bottleneck --targets=50000,100000,250000,500000,1000000
 
 For each target, finds the integer value of the top-level yaml ``key``

@@ -40,7 +40,8 @@ def load_runs(roots):
                 continue
             with open(os.path.join(folder, "run.json")) as fin:
                 run = json.load(fin)
-            dataset = os.path.basename(os.path.dirname(os.path.dirname(run["hparams"])))
+            # recipes/<Dataset>/<Task>/hparams/<yaml>: SpeechBrain's layout
+            dataset = os.path.basename(os.path.dirname(os.path.dirname(os.path.dirname(run["hparams"]))))
             suffix = "_" + SUFFIXES.get(dataset, "")
             method = run["yaml"][: -len(suffix)] if run["yaml"].endswith(suffix) else run["yaml"]
             overrides = dict(
@@ -113,9 +114,9 @@ def tables(runs):
     def by_shots(dataset, shots):
         return lambda m: _select(runs, method=m, dataset=dataset, few_shot=shots)
 
-    table1 = [(d, by_dataset(d), d) for d in ("ESC50", "UrbanSound8k", "SpeechCommands", "FluentSpeechCommands")]
+    table1 = [(d, by_dataset(d), d) for d in ("ESC50", "UrbanSound8k", "Google-speech-commands", "fluent-speech-commands")]
     table2 = [(f"{d} {n}-shot", by_shots(d, n), (d, n)) for d, n in TABLE2["conformer"]]
-    table3 = [(d, by_dataset(d), d) for d in ("SpeechCommands", "FluentSpeechCommands", "IEMOCAP")]
+    table3 = [(d, by_dataset(d), d) for d in ("Google-speech-commands", "fluent-speech-commands", "IEMOCAP")]
     return "\n\n".join(
         [
             _table("Table 1: AST", list(TABLE1), table1, paper_accuracy),

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m speechbrain_petl.study recipes/ESC50/hparams/conformer_esc50.yaml \\
+    python -m speechbrain_petl.study recipes/ESC50/PETL/hparams/conformer_esc50.yaml \\
         --output_root=results/study --folds=1,2,3,4,5 --seeds=1986,1987 \\
         [--sweep=kernel_size:1,3,7,15,31] [--launcher="torchrun --nproc_per_node=4"] \\
         --data_folder=/path/to/ESC-50-master [--any_yaml_key=value ...]

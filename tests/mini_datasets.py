@@ -176,7 +176,7 @@ def make_speech_commands(
     return root
 
 
-def make_esc50(root, classes=None, clips_per_class=10, seed=0):
+def make_esc50(root, classes=None, clips_per_class=10, seed=0, seconds=ESC50_SECONDS):
     """Writes a miniature ESC-50 release under ``root``.
 
     Layout as in the real release: ``audio/<fold>-<src_file>-<take>-<target>
@@ -223,7 +223,7 @@ def make_esc50(root, classes=None, clips_per_class=10, seed=0):
     rng = np.random.default_rng(seed)
     (root / "audio").mkdir(parents=True, exist_ok=True)
     (root / "meta").mkdir(exist_ok=True)
-    samples = ESC50_RATE * ESC50_SECONDS
+    samples = int(ESC50_RATE * seconds)
     used_sources, meta = set(), []
     for category in categories:
         target = ESC50_CATEGORIES.index(category)
@@ -236,7 +236,7 @@ def make_esc50(root, classes=None, clips_per_class=10, seed=0):
                     used_sources.add(source)
                 take = "AB"[i % 2]
                 name = f"{fold}-{source}-{take}-{target}.wav"
-                sound = int(rng.uniform(1, ESC50_SECONDS) * ESC50_RATE)
+                sound = int(rng.uniform(seconds / ESC50_SECONDS, seconds) * ESC50_RATE)
                 audio = _tone(
                     rng, esc50_frequency(target), samples, ESC50_RATE, sound
                 )
@@ -353,7 +353,7 @@ def _write_clip(path, mono, rate, subtype, channels, container, rng):
     sf.write(path, data, rate, subtype=subtype, format=container)
 
 
-def make_urbansound8k(root, classes=None, clips_per_class=10, seed=0):
+def make_urbansound8k(root, classes=None, clips_per_class=10, seed=0, seconds=US8K_SECONDS):
     """Writes a miniature UrbanSound8K under ``root`` (the extracted
     ``UrbanSound8K`` folder).
 
@@ -429,11 +429,11 @@ def make_urbansound8k(root, classes=None, clips_per_class=10, seed=0):
                     n % len(US8K_FORMATS)
                 ]
                 if n % 3 == 2:
-                    seconds = float(rng.uniform(0.3, 3.9))
+                    clip_seconds = float(rng.uniform(0.3, 3.9)) * seconds / US8K_SECONDS
                 else:
-                    seconds = float(US8K_SECONDS)
+                    clip_seconds = float(seconds)
                 n += 1
-                samples = int(round(seconds * rate))
+                samples = int(round(clip_seconds * rate))
                 tone = _tone(rng, us8k_frequency(class_id), samples, rate)
                 file_name = f"{source}-{class_id}-{occurrence}-{slice_id}.wav"
                 _write_clip(
@@ -680,7 +680,7 @@ def iemocap_frequency(label):
     return 170.0 * 2 ** (IEMOCAP_CLASSES.index(IEMOCAP_CLASS_OF[label]) / 2)
 
 
-def make_iemocap(root, dialogs_per_session=2, turns_per_dialog=10, seed=0):
+def make_iemocap(root, dialogs_per_session=2, turns_per_dialog=10, seed=0, turn_seconds=(0.8, 2.0)):
     """Writes a miniature IEMOCAP release under ``root`` (the
     ``IEMOCAP_full_release`` folder).
 
@@ -744,7 +744,7 @@ def make_iemocap(root, dialogs_per_session=2, turns_per_dialog=10, seed=0):
                 counters[gender] += 1
                 utterance = f"{dialog}_{gender}{turn // 2:03d}"
                 label = iemocap_label(session, gender, number)
-                samples = int(rng.uniform(0.8, 2.0) * IEMOCAP_RATE)
+                samples = int(rng.uniform(*turn_seconds) * IEMOCAP_RATE)
                 audio = _tone(rng, iemocap_frequency(label), samples,
                               IEMOCAP_RATE)
                 sf.write(wav_dir / f"{utterance}.wav", audio, IEMOCAP_RATE,

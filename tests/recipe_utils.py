@@ -15,14 +15,26 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 RECIPES = REPO / "recipes"
 
 
+#: The task folder of our recipes inside each dataset folder (SpeechBrain's layout).
+TASK = "PETL"
+
+
+def recipe_folder(dataset):
+    """``recipes/<dataset>/PETL`` (or ``recipes/<dataset>`` for a recipe
+    without task folders, such as the quickstart)."""
+    task = RECIPES / dataset / TASK
+    return task if task.is_dir() else RECIPES / dataset
+
+
 def load_recipe_module(recipe, module):
-    """Imports ``recipes/<recipe>/<module>.py`` (once; later calls return the
+    """Imports ``<recipe folder>/<module>.py`` (once; later calls return the
     same module object).
 
     Arguments
     ---------
     recipe : str
-        Folder under ``recipes/``, e.g. ``"ESC50"``.
+        Dataset folder under ``recipes/``, e.g. ``"ESC50"`` (its ``PETL``
+        task folder is used).
     module : str
         File name without ``.py``, e.g. ``"esc50_prepare"``.
 
@@ -30,7 +42,7 @@ def load_recipe_module(recipe, module):
     -------
     module
     """
-    folder = RECIPES / recipe
+    folder = recipe_folder(recipe)
     path = folder / f"{module}.py"
     if not path.is_file():
         raise FileNotFoundError(f"no recipe module {path}")

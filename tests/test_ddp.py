@@ -28,8 +28,8 @@ def test_two_process_gloo_run(tmp_path, tiny_ast_dir):
     cmd = [
         torchrun, "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={free_port()}",
         os.path.join(TESTS, "ddp_probe.py"),
-        "SpeechCommands", str(probe),
-        str(REPO / "recipes" / "SpeechCommands" / "hparams" / "conformer_gsc.yaml"),
+        "Google-speech-commands", str(probe),
+        str(REPO / "recipes" / "Google-speech-commands" / "PETL" / "hparams" / "conformer_gsc.yaml"),
         f"--data_folder={data}", f"--backbone_source={tiny_ast_dir}", f"--output_folder={out}",
         "--distributed_backend=gloo", "--device=cpu", "--num_workers=0",
         "--number_of_epochs=2", "--batch_size=8",

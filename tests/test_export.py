@@ -20,10 +20,10 @@ def finished_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("finished_run")
     data = make_speech_commands(root / "speech_commands_v0.02")
     backbone = save_tiny_ast(root / "backbone")
-    train = load_recipe_module("SpeechCommands", "train")
+    train = load_recipe_module("Google-speech-commands", "train")
     out = root / "run"
     train.main([
-        str(REPO / "recipes" / "SpeechCommands" / "hparams" / "lora_gsc.yaml"),
+        str(REPO / "recipes" / "Google-speech-commands" / "PETL" / "hparams" / "lora_gsc.yaml"),
         f"--data_folder={data}", f"--backbone_source={backbone}", f"--output_folder={out}",
         "--num_workers=0", "--device=cpu", "--debug", "--debug_persistently",
     ])

@@ -56,7 +56,7 @@ def test_params_report_of_every_recipe(row, capsys, tiny_ast_dir):
 
 @pytest.mark.parametrize(
     "hparams, n_classes, expected",
-    [("SpeechCommands/hparams/linear_gsc.yaml", 10, 9_226), ("ESC50/hparams/linear_esc50.yaml", 50, 39_986)],
+    [("Google-speech-commands/hparams/linear_gsc.yaml", 10, 9_226), ("ESC50/hparams/linear_esc50.yaml", 50, 39_986)],
 )
 def test_linear_probing_budget_from_the_command_line(hparams, n_classes, expected, tmp_path):
     result = subprocess.run(

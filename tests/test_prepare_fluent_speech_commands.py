@@ -1,4 +1,4 @@
-"""recipes/FluentSpeechCommands/fluent_speech_commands_prepare.py on a
+"""recipes/fluent-speech-commands/PETL/fluent_speech_commands_prepare.py on a
 miniature Fluent Speech Commands in the real layout."""
 
 import csv
@@ -23,7 +23,7 @@ from recipe_utils import load_recipe_module
 from speechbrain_petl.data import load_audio
 
 prep = load_recipe_module(
-    "FluentSpeechCommands", "fluent_speech_commands_prepare"
+    "fluent-speech-commands", "fluent_speech_commands_prepare"
 )
 FIELDS = ["ID", "duration", "wav", "label", "speaker", "transcription"]
 

@@ -1,4 +1,4 @@
-"""recipes/SpeechCommands/speech_commands_prepare.py on a miniature Speech
+"""recipes/Google-speech-commands/PETL/speech_commands_prepare.py on a miniature Speech
 Commands v0.02 in the real layout."""
 
 import logging
@@ -12,7 +12,7 @@ from mini_datasets import GSC_WORDS, corrupt_clip, make_speech_commands, snapsho
 from prep_utils import SPLITS, manifest_bytes, read_manifest
 from recipe_utils import load_recipe_module
 
-prep = load_recipe_module("SpeechCommands", "speech_commands_prepare")
+prep = load_recipe_module("Google-speech-commands", "speech_commands_prepare")
 FIELDS = ["ID", "duration", "wav", "label", "speaker"]
 
 

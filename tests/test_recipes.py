@@ -46,10 +46,10 @@ CONSUMERS = [
 def mini_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("mini_data")
     return {
-        "SpeechCommands": str(make_speech_commands(root / "speech_commands_v0.02")),
+        "Google-speech-commands": str(make_speech_commands(root / "speech_commands_v0.02")),
         "ESC50": str(make_esc50(root / "ESC-50-master")),
         "UrbanSound8k": str(make_urbansound8k(root / "UrbanSound8K")),
-        "FluentSpeechCommands": str(make_fluent_speech_commands(root / "fluent_speech_commands_dataset")),
+        "fluent-speech-commands": str(make_fluent_speech_commands(root / "fluent_speech_commands_dataset")),
         "IEMOCAP": str(make_iemocap(root / "IEMOCAP_full_release")),
     }
 
@@ -180,7 +180,7 @@ def test_killed_run_resumes_from_its_intra_epoch_checkpoint(mini_data, tiny_ast_
     out = tmp_path / "out"
     cmd = [sys.executable, "train.py"] + recipe_argv(
         row,
-        mini_data["SpeechCommands"],
+        mini_data["Google-speech-commands"],
         tiny_ast_dir,
         out,
         "--number_of_epochs=1",

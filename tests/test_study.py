@@ -11,7 +11,7 @@ from mini_datasets import make_esc50
 from recipe_utils import REPO
 from speechbrain_petl import budget, report, study
 
-ESC50 = REPO / "recipes" / "ESC50" / "hparams"
+ESC50 = REPO / "recipes" / "ESC50" / "PETL" / "hparams"
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def test_report_from_real_runs(study_root, tmp_path):
 def _fake_run(folder, yaml, dataset, correct, total=10, sweep=None, finished=True, petl=1000):
     folder.mkdir(parents=True)
     run = {
-        "hparams": str(REPO / "recipes" / dataset / "hparams" / f"{yaml}.yaml"),
+        "hparams": str(REPO / "recipes" / dataset / "PETL" / "hparams" / f"{yaml}.yaml"),
         "yaml": yaml,
         "sweep": sweep or {},
         "fold": 1,
@@ -122,12 +122,12 @@ def _fake_run(folder, yaml, dataset, correct, total=10, sweep=None, finished=Tru
 
 def test_report_on_hand_made_partial_and_missing_runs(tmp_path):
     root = tmp_path / "logs"
-    _fake_run(root / "a", "bottleneck_gsc", "SpeechCommands", correct=5)
-    _fake_run(root / "b", "bottleneck_gsc", "SpeechCommands", correct=10)
-    _fake_run(root / "c", "bottleneck_gsc", "SpeechCommands", correct=0, finished=False)
+    _fake_run(root / "a", "bottleneck_gsc", "Google-speech-commands", correct=5)
+    _fake_run(root / "b", "bottleneck_gsc", "Google-speech-commands", correct=10)
+    _fake_run(root / "c", "bottleneck_gsc", "Google-speech-commands", correct=0, finished=False)
     _fake_run(root / "d", "w2v2_linear_iemocap", "IEMOCAP", correct=0, finished=False)
     for i, (rank, correct) in enumerate([(2, 4), (8, 6)]):
-        _fake_run(root / f"s{i}", "lora_gsc", "SpeechCommands", correct=correct,
+        _fake_run(root / f"s{i}", "lora_gsc", "Google-speech-commands", correct=correct,
                   sweep={"lora_rank": str(rank)}, petl=36864 * rank)
     out = tmp_path / "report"
     runs = report.main([str(root), f"--output={out}"])
@@ -150,7 +150,7 @@ def test_report_without_runs_is_a_clear_error(tmp_path):
 
 def test_budget_solver_lands_on_exact_counts(capsys):
     rows = budget.main(
-        [str(REPO / "recipes/SpeechCommands/hparams/lora_gsc.yaml"), "--key=lora_rank",
+        [str(REPO / "recipes/Google-speech-commands/PETL/hparams/lora_gsc.yaml"), "--key=lora_rank",
          "--targets=100000,221184,1000000"]
     )
     per_rank = 12 * 2 * (768 + 768)  # q and v in 12 blocks

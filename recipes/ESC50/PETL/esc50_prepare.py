@@ -1,0 +1,1 @@
+../esc50_prepare.py

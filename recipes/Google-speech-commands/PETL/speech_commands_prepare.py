@@ -1,0 +1,1 @@
+../speech_commands_prepare.py

@@ -1,0 +1,1 @@
+../iemocap_prepare.py

@@ -1,0 +1,1 @@
+../ESC50/esc50_prepare.py

@@ -1,0 +1,1 @@
+../urbansound8k_prepare.py

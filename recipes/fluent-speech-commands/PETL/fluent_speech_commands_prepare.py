@@ -1,0 +1,1 @@
+../fluent_speech_commands_prepare.py
