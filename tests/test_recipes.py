@@ -13,7 +13,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -168,42 +167,77 @@ def test_recipe_readmes_cover_every_yaml():
             assert f"| {paper:.2f} |" in line, f"{row['Recipe']}/README.md: {row['Hparams']} lacks the paper's {paper}"
 
 
-def test_killed_run_resumes_from_its_intra_epoch_checkpoint(mini_data, tiny_ast_dir, tmp_path):
-    """SIGKILL a training subprocess mid-epoch; the restarted run resumes
-    from the intra-epoch checkpoint and finishes."""
-    row = next(r for r in ROWS if r["Hparams"] == "hparams/conformer_gsc.yaml")
-    out = tmp_path / "out"
-    cmd = [sys.executable, "train.py"] + recipe_argv(
-        row,
-        mini_data["SpeechCommands"],
-        tiny_ast_dir,
-        out,
-        "--number_of_epochs=1",
-        "--batch_size=1",
-        "--ckpt_interval_steps=2",
-    )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cwd = REPO / row["Recipe"]
-    first = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    try:
-        while time.time() < deadline and first.poll() is None:
-            if any("brain_intra_epoch_ckpt" in p.read_text() for p in out.glob("save/CKPT*/CKPT.yaml")):
-                break
-            time.sleep(0.02)
-    finally:
-        first.send_signal(signal.SIGKILL)
-        first.wait()
-    assert first.returncode == -signal.SIGKILL, "the run ended before it could be killed mid-epoch"
-    assert not (out / "train_log.txt").exists() or "epoch: 1" not in (out / "train_log.txt").read_text()
-    intra_epoch = {
-        p.parent.name for p in out.glob("save/CKPT*/CKPT.yaml") if "brain_intra_epoch_ckpt" in p.read_text()
-    }
-    assert intra_epoch
+def _latest_end_of_epoch_tensors(out):
+    """Every tensor of the run's last end-of-epoch checkpoint, by file and key."""
+    import yaml
 
-    second = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert second.returncode == 0, second.stderr[-3000:]
-    loaded = re.findall(r"Loading a checkpoint from \S*/(CKPT\S+)", second.stdout + second.stderr)
-    assert loaded and loaded[0] in intra_epoch, loaded
-    train_log = (out / "train_log.txt").read_text()
-    assert train_log.count("epoch: 1,") == 1 and "test acc" in train_log
+    ckpts = [p.parent for p in (out / "save").glob("CKPT*/CKPT.yaml")]
+    metas = {c: yaml.safe_load((c / "CKPT.yaml").read_text()) for c in ckpts}
+    latest = max((c for c in ckpts if metas[c]["end-of-epoch"]), key=lambda c: metas[c]["unixtime"])
+    tensors = {}
+
+    def collect(prefix, value):
+        if isinstance(value, torch.Tensor):
+            tensors[prefix] = value
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                collect(f"{prefix}/{key}", item)
+        elif isinstance(value, (list, tuple)):
+            for index, item in enumerate(value):
+                collect(f"{prefix}/{index}", item)
+
+    for name in ("backbone", "classifier", "optimizer", "lr_scheduler"):
+        collect(name, torch.load(latest / f"{name}.ckpt", weights_only=True))
+    return tensors
+
+
+#: Where the resumed run of the exact-resume test is killed, in order (see
+#: tests/killable_run.py): before the first checkpoint (epoch 1, step 1),
+#: during the intra-epoch checkpoint after epoch 1 step 4 (once 2 of its
+#: files are written), and mid-epoch (epoch 2 step 3, one step after a
+#: checkpoint).
+KILL_POINTS = ("step:1:1", "save:1:4:2", "step:2:3")
+
+
+def test_killed_and_resumed_run_equals_an_uninterrupted_one(mini_data, tmp_path, tiny_ast_dir):
+    """SIGKILL a run at several points and restart it each time: it ends with
+    bit-identical trained tensors, epoch statistics and test predictions to
+    an uninterrupted run with the same seed (ESC-50's SpecAugment draws
+    random numbers at every step; the Conformer adapter has BatchNorm)."""
+    row = next(r for r in ROWS if r["Hparams"] == "hparams/conformer_esc50.yaml")
+    data = mini_data["ESC50"]  # 24 training clips: 6 steps per epoch
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]), "OMP_NUM_THREADS": "1"}
+
+    def run(out, point):
+        argv = recipe_argv(
+            row, data, tiny_ast_dir, out, "--number_of_epochs=2", "--batch_size=4", "--ckpt_interval_steps=2", "--max_frames=64"
+        )
+        cmd = [sys.executable, str(REPO / "tests" / "killable_run.py"), row["Dataset"], point] + argv
+        return subprocess.run(cmd, cwd=REPO / row["Recipe"], env=env, capture_output=True, text=True, timeout=300)
+
+    plain = run(tmp_path / "plain", "none")
+    assert plain.returncode == 0, (plain.stdout + plain.stderr)[-3000:]
+    resumed = tmp_path / "resumed"
+    loaded = []
+    for point in KILL_POINTS:
+        killed = run(resumed, point)
+        assert killed.returncode == -signal.SIGKILL, (point, killed.stderr[-3000:])
+        loaded += re.findall(r"Loading a checkpoint from \S*/(CKPT\S+)", killed.stdout + killed.stderr)
+        if point.startswith("save:"):  # the checkpoint being written is left unfinished
+            assert [p for p in (resumed / "save").glob("CKPT*") if not (p / "CKPT.yaml").exists()]
+    last = run(resumed, "none")
+    assert last.returncode == 0, last.stderr[-3000:]
+    loaded += re.findall(r"Loading a checkpoint from \S*/(CKPT\S+)", last.stdout + last.stderr)
+    assert len(loaded) >= 3  # two resumes from intra-epoch checkpoints, then the best one for the test
+
+    a, b = _latest_end_of_epoch_tensors(tmp_path / "plain"), _latest_end_of_epoch_tensors(resumed)
+    assert a.keys() == b.keys() and a
+    max_diff = max(float((a[k].double() - b[k].double()).abs().max()) if a[k].numel() else 0.0 for k in a)
+    print(f"kill points {KILL_POINTS}: max abs difference of {len(a)} trained tensors = {max_diff}")
+    assert max_diff == 0.0
+    epochs = [
+        [line for line in (out / "train_log.txt").read_text().splitlines() if line.startswith("epoch:")]
+        for out in (tmp_path / "plain", resumed)
+    ]
+    assert len(epochs[0]) == 2 and epochs[0] == epochs[1]  # whole-epoch statistics, logged once
+    assert (tmp_path / "plain" / "test_predictions.csv").read_text() == (resumed / "test_predictions.csv").read_text()
