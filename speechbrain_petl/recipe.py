@@ -46,15 +46,18 @@ def setup_experiment(argv, script):
 
 def preparation_kwargs(hparams, *dataset_keys):
     """The keyword arguments every ``prepare_<dataset>`` takes from the yaml
-    (folders, few-shot options, ``skip_prep``), plus the dataset's own
+    (folders, few-shot options, ``skip_prep``, ``max_bad_fraction``), plus the dataset's own
     ``dataset_keys`` (e.g. ``"fold"``, ``"protocol"``).
 
     Example
     -------
     >>> hp = {"data_folder": "d", "save_folder": "s", "few_shot": None,
-    ...       "few_shot_sampling": "first", "few_shot_seed": 1, "skip_prep": False, "fold": 2}
+    ...       "few_shot_sampling": "first", "few_shot_seed": 1, "skip_prep": False,
+    ...       "max_bad_fraction": 0.01, "fold": 2}
     >>> sorted(preparation_kwargs(hp, "fold"))[:3]
     ['data_folder', 'few_shot', 'few_shot_sampling']
+    >>> preparation_kwargs(hp, "fold")["max_bad_fraction"]
+    0.01
     """
     kwargs = {
         "data_folder": hparams["data_folder"],
@@ -63,6 +66,7 @@ def preparation_kwargs(hparams, *dataset_keys):
         "few_shot_sampling": hparams["few_shot_sampling"],
         "few_shot_seed": hparams["few_shot_seed"],
         "skip_prep": hparams["skip_prep"],
+        "max_bad_fraction": hparams["max_bad_fraction"],
     }
     for key in dataset_keys:
         kwargs[key] = hparams[key]

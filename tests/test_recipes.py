@@ -58,6 +58,12 @@ def backbones(tiny_ast_dir, tiny_w2v2_dir):
     return {"ast": tiny_ast_dir, "w2v2": tiny_w2v2_dir}
 
 
+def row_classes(row):
+    """The ``n_classes`` of a recipe yaml (its head's width)."""
+    text = (REPO / row["Recipe"] / row["Hparams"]).read_text()
+    return int(re.search(r"^n_classes: (\d+)", text, re.MULTILINE).group(1))
+
+
 def recipe_argv(row, data, backbone, output_folder, *extra):
     return [
         str(REPO / row["Recipe"] / row["Hparams"]),
@@ -97,6 +103,15 @@ def test_recipe_runs_end_to_end(row, mini_data, backbones, tmp_path):
     with open(out / "test_predictions.csv", newline="") as fin:
         predictions = list(csv.DictReader(fin))
     assert len(predictions) == len(brain.stats.ids) > 0
+    # score and per-class probabilities: one column per output unit, summing to 1
+    labels = [brain.hparams.label_encoder.ind2lab.get(i, f"<unused output {i}>") for i in range(int(row_classes(row)))]
+    assert list(predictions[0])[:4] == ["ID", "target", "prediction", "score"]
+    assert list(predictions[0])[4:] == [f"prob_{label}" for label in labels]
+    for pred in predictions:
+        probs = {label: float(pred[f"prob_{label}"]) for label in labels}
+        assert abs(sum(probs.values()) - 1) < 1e-4
+        assert max(probs, key=probs.get) == pred["prediction"]
+        assert float(pred["score"]) == pytest.approx(probs[pred["prediction"]], rel=1e-5)
 
     # The trained run loads through SpeechBrain's inference interface and
     # gives the test predictions again.
@@ -149,10 +164,31 @@ def test_every_yaml_key_is_used(row):
 def test_every_yaml_exposes_the_common_keys(row):
     text = (REPO / row["Recipe"] / row["Hparams"]).read_text()
     keys = set(re.findall(r"^([A-Za-z_]\w*):", text, re.MULTILINE))
-    common = {"data_folder", "output_folder", "seed", "number_of_epochs", "batch_size", "backbone_source", "pretrained"}
+    common = {
+        "data_folder", "output_folder", "seed", "number_of_epochs", "batch_size", "backbone_source", "pretrained",
+        "max_bad_fraction",
+    }
     if row["Dataset"] == "ESC50":
         common |= {"fold", "protocol"}
     assert common <= keys, f"missing: {sorted(common - keys)}"
+
+
+def test_num_workers_default_to_the_machine(monkeypatch):
+    """Recipes default to the CPUs this process may use, at most 4 (no
+    DataLoader warning on a 2-core machine); the quickstart keeps 0."""
+    from speechbrain_petl.data.pipelines import default_num_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert default_num_workers() == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert default_num_workers() == 4
+    for row in ROWS:
+        if row["Recipe"] == "recipes/Quickstart":
+            continue
+        text = (REPO / row["Recipe"] / row["Hparams"]).read_text()
+        assert re.search(
+            r"^num_workers: !apply:speechbrain_petl\.data\.pipelines\.default_num_workers \[\]", text, re.MULTILINE
+        ), row["Hparams"]
 
 
 def test_recipe_readmes_cover_every_yaml():
@@ -241,3 +277,30 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(mini_data, tmp_path,
     ]
     assert len(epochs[0]) == 2 and epochs[0] == epochs[1]  # whole-epoch statistics, logged once
     assert (tmp_path / "plain" / "test_predictions.csv").read_text() == (resumed / "test_predictions.csv").read_text()
+
+
+def test_a_clip_damaged_after_preparation_is_named_and_rechecked(tmp_path, tiny_ast_dir):
+    """A clip broken after preparation: training names it (with and without
+    DataLoader workers); preparing again notices the change and re-checks
+    it, refusing or, with ``--max_bad_fraction``, dropping it."""
+    from speechbrain_petl.data.audio import AudioFileError
+
+    row = next(r for r in ROWS if r["Hparams"] == "hparams/linear_esc50.yaml")
+    data = make_esc50(tmp_path / "ESC-50-master")
+    out = tmp_path / "out"
+    train = load_recipe_module("ESC50", "train")
+    prepare = load_recipe_module("ESC50", "esc50_prepare")
+    prepare.prepare_esc50(data, out / "save", fold=2, protocol="official")
+    with open(out / "save" / "train.csv", newline="") as fin:
+        broken = next(csv.DictReader(fin))["wav"]
+    with open(broken, "wb") as fout:
+        fout.write(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    argv = [a for a in recipe_argv(row, data, tiny_ast_dir, out, "--max_frames=64") if not a.startswith("--num_workers")]
+    for workers in (0, 2):
+        with pytest.raises(AudioFileError, match=re.escape(broken)):
+            train.main(argv + ["--skip_prep=True", f"--num_workers={workers}", "--batch_size=64"])
+    with pytest.raises(RuntimeError, match=r"--max_bad_fraction="):
+        train.main(argv + ["--num_workers=0"])
+    train.main(argv + ["--num_workers=0", "--max_bad_fraction=0.05", "--number_of_epochs=1", "--debug"])
+    assert broken in (out / "save" / "bad_clips.log").read_text()
+    assert broken not in (out / "save" / "train.csv").read_text()
