@@ -7,21 +7,28 @@ A recipe's ``train.py`` reads::
     return train_and_test(hparams, run_opts)
 """
 
+import dataclasses
 import json
+import logging
 import os
 import shutil
 
 import speechbrain as sb
+import torch
 from hyperpyyaml import load_hyperpyyaml
 
 from speechbrain_petl.brain import ClassificationBrain
 from speechbrain_petl.data.pipelines import classification_datasets
 from speechbrain_petl.params import summarize
 
+logger = logging.getLogger(__name__)
+
 
 def setup_experiment(argv, script):
     """SpeechBrain's prologue: parses ``hparams.yaml --key=value ...``, joins
-    the DDP process group when launched by ``torchrun``, loads the yaml and
+    the DDP process group when launched by ``torchrun`` (on a machine without
+    CUDA: with the gloo backend on CPU unless ``--distributed_backend`` or
+    ``--device`` say otherwise, see :func:`cpu_distributed_defaults`), loads the yaml and
     creates the experiment folder (resolved hyperparams.yaml,
     log.txt, env.log, and copies of ``script`` and of this module).
 
@@ -31,6 +38,7 @@ def setup_experiment(argv, script):
         The hyper-parameters and SpeechBrain's run options.
     """
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    run_opts = cpu_distributed_defaults(run_opts)
     sb.utils.distributed.ddp_init_group(run_opts)  # no-op unless under torchrun
     with open(hparams_file) as fin:
         hparams = load_hyperpyyaml(fin, overrides)
@@ -42,6 +50,31 @@ def setup_experiment(argv, script):
     if sb.utils.distributed.if_main_process():
         shutil.copy(os.path.realpath(script), hparams["output_folder"])
     return hparams, run_opts
+
+
+def cpu_distributed_defaults(run_opts):
+    """Under ``torchrun`` without CUDA, SpeechBrain's defaults (the nccl
+    backend, one GPU per process) fail with "Not enough GPUs available!";
+    there the gloo backend and the CPU are chosen instead, unless given on
+    the command line. Returns the (new) run options.
+
+    Example
+    -------
+    >>> opts = sb.parse_arguments(["x.yaml"])[1]
+    >>> cpu_distributed_defaults(opts) is opts  # not under torchrun: unchanged
+    True
+    """
+    under_torchrun = os.environ.get("LOCAL_RANK") is not None and os.environ.get("RANK") is not None
+    if not under_torchrun or torch.cuda.is_available():
+        return run_opts
+    given = run_opts.overridden_args
+    chosen = {}
+    if "distributed_backend" not in given:
+        chosen["distributed_backend"] = "gloo"
+    if "device" not in given:
+        chosen["device"] = "cpu"
+    logger.info("torchrun without CUDA: using %s", chosen)
+    return dataclasses.replace(run_opts, **chosen)
 
 
 def preparation_kwargs(hparams, *dataset_keys):

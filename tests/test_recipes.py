@@ -304,3 +304,17 @@ def test_a_clip_damaged_after_preparation_is_named_and_rechecked(tmp_path, tiny_
     train.main(argv + ["--num_workers=0", "--max_bad_fraction=0.05", "--number_of_epochs=1", "--debug"])
     assert broken in (out / "save" / "bad_clips.log").read_text()
     assert broken not in (out / "save" / "train.csv").read_text()
+
+
+def test_readme_documents_resuming_cpu_torchrun_and_prediction_columns():
+    readme = (REPO / "README.md").read_text()
+    resuming = readme[readme.index("* **Resuming**"):]
+    resuming = resuming[: resuming.index("\n* ")]
+    assert "--ckpt_interval_minutes=N" in resuming and "--ckpt_interval_steps=N" in resuming
+    assert "whole minutes" in resuming
+    cpu = readme[readme.index("torchrun --nproc_per_node=8 train.py"):]
+    assert "CPU-only" in cpu[:400] and "torchrun --nproc_per_node=2 train.py hparams/conformer_gsc.yaml" in cpu[:400]
+    assert "`ID, target, prediction, score`" in readme and "`prob_<label>`" in readme
+    for row in ROWS:
+        if row["Recipe"] != "recipes/Quickstart":
+            assert "--ckpt_interval_steps" in (REPO / row["Recipe"] / "README.md").read_text(), row["Recipe"]
