@@ -112,6 +112,9 @@ class Checkpointer(sb_checkpoints.Checkpointer):
                 json.dump(files, fout, indent=1)
             os.replace(checkpoint.path / PENDING, checkpoint.path / sb_checkpoints.METAFNAME)
             self._remove_unfinished(keep=checkpoint.path)
+        # Under DDP every process must then see the same checkpoints: the
+        # deletions that follow (save_and_keep_only) are collective calls.
+        sb_checkpoints.ddp_barrier()
         return checkpoint
 
     def recover_if_possible(self, importance_key=None, max_key=None, min_key=None, ckpt_predicate=None):
