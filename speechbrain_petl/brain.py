@@ -18,15 +18,25 @@ batches with ``id``, ``sig`` (waveforms, relative lengths) and
 
 Only trainable tensors reach the optimizer; the best checkpoint is kept by
 validation accuracy (``acc``) next to the most recent one.
+
+Resuming is exact: besides SpeechBrain's position in the epoch (``step``,
+the loader's position, the running loss), the Brain's checkpoint holds the
+epoch's running accuracy counts and the random states of torch, numpy and
+Python, so a killed-and-resumed run on CPU ends with the tensors, logged
+statistics and predictions of an uninterrupted one.
 """
 
 import csv
 import math
+import random
+
+import numpy as np
 
 import speechbrain as sb
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
+from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 from speechbrain.utils.distributed import if_main_process
 from speechbrain.utils.metric_stats import ClassificationStats
 
@@ -52,10 +62,49 @@ def trainable_parameters(modules):
     return params
 
 
+def random_states():
+    """The states of the torch (CPU and CUDA), numpy and Python generators,
+    as a dict that ``torch.load(..., weights_only=True)`` reads back.
+
+    Example
+    -------
+    >>> states = random_states()
+    >>> first = torch.rand(2), np.random.rand(), random.random()
+    >>> set_random_states(states)
+    >>> second = torch.rand(2), np.random.rand(), random.random()
+    >>> bool((first[0] == second[0]).all()) and first[1:] == second[1:]
+    True
+    """
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, python_state, python_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
+                  "has_gauss": has_gauss, "gauss": gauss},
+        "python": {"version": version, "state": torch.tensor(python_state, dtype=torch.int64),
+                   "gauss": python_gauss},
+    }
+
+
+def set_random_states(states):
+    """Restores what :func:`random_states` returned."""
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    n = states["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = states["python"]
+    random.setstate((p["version"], tuple(p["state"].tolist()), p["gauss"]))
+
+
+@register_checkpoint_hooks
 class ClassificationBrain(sb.Brain):
     """Utterance classification on top of a frozen backbone lobe."""
 
     steps_per_epoch = None
+    _resumed_counts = None  # (correct, seen) of a training epoch resumed mid-way
+    _pending_random_states = None  # restored just before the first resumed batch
 
     def compute_forward(self, batch, stage):
         """Waveforms -> logits ``(batch, classes)``."""
@@ -80,6 +129,7 @@ class ClassificationBrain(sb.Brain):
                 predictions=self._decode(predicted),
                 targets=self._decode(labels),
             )
+            self.probabilities.extend(predictions.detach().float().softmax(dim=-1).cpu().tolist())
         return loss
 
     def _decode(self, indices):
@@ -90,9 +140,17 @@ class ClassificationBrain(sb.Brain):
 
     def on_stage_start(self, stage, epoch=None):
         self.correct, self.seen = 0, 0
+        if stage == sb.Stage.TRAIN and self._resumed_counts is not None:
+            self.correct, self.seen = self._resumed_counts  # the epoch's batches before the restart
+        self._resumed_counts = None
         self.stats = ClassificationStats()
+        self.probabilities = []
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
+        if stage == sb.Stage.TRAIN and self._pending_random_states is not None:
+            # resumed from a checkpoint taken after the epoch's last batch
+            set_random_states(self._pending_random_states)
+            self._pending_random_states = None
         stats = {"loss": stage_loss, "acc": self.correct / max(self.seen, 1)}
         if stage == sb.Stage.TRAIN:
             self.train_stats = stats
@@ -120,10 +178,61 @@ class ClassificationBrain(sb.Brain):
                 self.stats.write_stats(fout)
         predictions_file = getattr(self.hparams, "test_predictions_file", None)
         if predictions_file:
-            with open(predictions_file, "w", newline="") as fout:
-                writer = csv.writer(fout)
-                writer.writerow(["ID", "target", "prediction"])
-                writer.writerows(zip(self.stats.ids, self.stats.targets, self.stats.predictions))
+            self.write_predictions(predictions_file)
+
+    def write_predictions(self, path):
+        """Per-clip test outputs: ``ID, target, prediction, score`` (the
+        predicted class's probability) and one ``prob_<label>`` column per
+        output unit (softmax probabilities), enough for calibration and
+        error analysis without running the model again."""
+        width = len(self.probabilities[0]) if self.probabilities else 0
+        labels = self._decode(torch.arange(width))
+        with open(path, "w", newline="") as fout:
+            writer = csv.writer(fout)
+            writer.writerow(["ID", "target", "prediction", "score"] + [f"prob_{label}" for label in labels])
+            for clip, target, prediction, probs in zip(
+                self.stats.ids, self.stats.targets, self.stats.predictions, self.probabilities
+            ):
+                score = max(probs)
+                writer.writerow([clip, target, prediction, f"{score:.6g}"] + [f"{p:.6g}" for p in probs])
+
+    def fit_batch(self, batch):
+        if self._pending_random_states is not None:
+            # After the resumed epoch's loader started (which draws a seed),
+            # exactly where the interrupted run saved them.
+            set_random_states(self._pending_random_states)
+            self._pending_random_states = None
+        return super().fit_batch(batch)
+
+    @mark_as_saver
+    def _save(self, path):
+        torch.save(
+            {
+                "step": self.step,
+                "avg_train_loss": self.avg_train_loss,
+                "optimizer_step": self.optimizer_step,
+                "correct": getattr(self, "correct", 0),
+                "seen": getattr(self, "seen", 0),
+                "random_states": random_states(),
+            },
+            path,
+        )
+
+    @mark_as_loader
+    def _recover(self, path, end_of_epoch):
+        with open(path, "rb") as fin:
+            is_torch_file = fin.read(2) == b"PK"
+        if not is_torch_file:  # a checkpoint from before exact resume: SpeechBrain's yaml
+            return sb.Brain._recover(self, path, end_of_epoch)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        self.step = saved["step"]
+        self.avg_train_loss = saved["avg_train_loss"]
+        self.optimizer_step = saved["optimizer_step"]
+        if end_of_epoch:
+            set_random_states(saved["random_states"])
+        else:
+            self._resumed_counts = (saved["correct"], saved["seen"])
+            self._pending_random_states = saved["random_states"]
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
         if should_step and getattr(self, "lr_scheduler", None) is not None:

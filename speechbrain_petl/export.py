@@ -126,6 +126,7 @@ def rebase(text, key, new_value, where="hyperparams.yaml"):
     save_folder: /new/run/save
     other: old/runner
     """
+    text = unfold_plain_scalars(text)
     match = re.search(rf"^{key}:[ \t]*(\S[^#\n]*?)[ \t]*(#.*)?$", text, re.MULTILINE)
     if match is None:
         raise ValueError(f"{where} has no top-level '{key}' to rebase.")
@@ -134,6 +135,34 @@ def rebase(text, key, new_value, where="hyperparams.yaml"):
         rf"^(\s*(?:- |[\w.]+:[ \t]+))(['\"]?){re.escape(old)}(?=[/'\"\s]|$)", re.MULTILINE
     )
     return pattern.sub(lambda m: m.group(1) + m.group(2) + new_value.replace("\\", "\\\\"), text)
+
+
+def unfold_plain_scalars(text):
+    r"""Joins the plain scalars a yaml writer folded onto the next lines
+    (``key:`` then an indented ``/a/long/path``) back onto their key's line.
+
+    Example
+    -------
+    >>> print(unfold_plain_scalars("a:\n  /long/path\nb:\n  c: 1\n"), end="")
+    a: /long/path
+    b:
+      c: 1
+    """
+    lines = text.split("\n")
+    out = []
+    for line in lines:
+        previous = out[-1] if out else ""
+        key_only = re.match(r"^(\s*)(- )?[\w.]+:\s*$", previous)
+        if (
+            key_only
+            and line.strip()
+            and len(line) - len(line.lstrip()) > len(key_only.group(1))
+            and not re.match(r"^\s*([\w.]+:(\s|$)|- |#|!)", line)
+        ):
+            out[-1] = previous.rstrip() + " " + line.strip()
+        else:
+            out.append(line)
+    return "\n".join(out)
 
 
 def measured_test_accuracy(output_folder):

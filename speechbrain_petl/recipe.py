@@ -7,12 +7,14 @@ A recipe's ``train.py`` reads::
     return train_and_test(hparams, run_opts)
 """
 
+import dataclasses
 import json
 import logging
 import os
 import shutil
 
 import speechbrain as sb
+import torch
 from hyperpyyaml import load_hyperpyyaml
 
 from speechbrain_petl.brain import ClassificationBrain
@@ -25,7 +27,9 @@ logger = logging.getLogger(__name__)
 
 def setup_experiment(argv, script):
     """SpeechBrain's prologue: parses ``hparams.yaml --key=value ...``, joins
-    the DDP process group when launched by ``torchrun``, loads the yaml and
+    the DDP process group when launched by ``torchrun`` (on a machine without
+    CUDA: with the gloo backend on CPU unless ``--distributed_backend`` or
+    ``--device`` say otherwise, see :func:`cpu_distributed_defaults`), loads the yaml and
     creates the experiment folder (resolved hyperparams.yaml,
     log.txt, env.log, and copies of ``script`` and of this module).
 
@@ -35,6 +39,7 @@ def setup_experiment(argv, script):
         The hyper-parameters and SpeechBrain's run options.
     """
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    run_opts = cpu_distributed_defaults(run_opts)
     sb.utils.distributed.ddp_init_group(run_opts)  # no-op unless under torchrun
     with open(hparams_file) as fin:
         hparams = load_hyperpyyaml(fin, overrides)
@@ -48,17 +53,45 @@ def setup_experiment(argv, script):
     return hparams, run_opts
 
 
+def cpu_distributed_defaults(run_opts):
+    """Under ``torchrun`` without CUDA, SpeechBrain's defaults (the nccl
+    backend, one GPU per process) fail with "Not enough GPUs available!";
+    there the gloo backend and the CPU are chosen instead, unless given on
+    the command line. Returns the (new) run options.
+
+    Example
+    -------
+    >>> opts = sb.parse_arguments(["x.yaml"])[1]
+    >>> cpu_distributed_defaults(opts) is opts  # not under torchrun: unchanged
+    True
+    """
+    under_torchrun = os.environ.get("LOCAL_RANK") is not None and os.environ.get("RANK") is not None
+    if not under_torchrun or torch.cuda.is_available():
+        return run_opts
+    given = run_opts.overridden_args
+    chosen = {}
+    if "distributed_backend" not in given:
+        chosen["distributed_backend"] = "gloo"
+    if "device" not in given:
+        chosen["device"] = "cpu"
+    logger.info("torchrun without CUDA: using %s", chosen)
+    return dataclasses.replace(run_opts, **chosen)
+
+
 def preparation_kwargs(hparams, *dataset_keys):
     """The keyword arguments every ``prepare_<dataset>`` takes from the yaml
-    (folders, few-shot options, ``skip_prep``), plus the dataset's own
+    (folders, few-shot options, ``skip_prep``, ``max_bad_fraction``), plus the dataset's own
     ``dataset_keys`` (e.g. ``"fold"``, ``"protocol"``).
 
     Example
     -------
     >>> hp = {"data_folder": "d", "save_folder": "s", "few_shot": None,
-    ...       "few_shot_sampling": "first", "few_shot_seed": 1, "skip_prep": False, "fold": 2}
+    ...       "few_shot_sampling": "first", "few_shot_seed": 1, "skip_prep": False,
+    ...       "max_bad_fraction": 0.01, "fold": 2}
     >>> sorted(preparation_kwargs(hp, "fold"))[:3]
     ['data_folder', 'few_shot', 'few_shot_sampling']
+    >>> preparation_kwargs(hp, "fold")["max_bad_fraction"]
+    0.01
     """
     kwargs = {
         "data_folder": hparams["data_folder"],
@@ -67,6 +100,7 @@ def preparation_kwargs(hparams, *dataset_keys):
         "few_shot_sampling": hparams["few_shot_sampling"],
         "few_shot_seed": hparams["few_shot_seed"],
         "skip_prep": hparams["skip_prep"],
+        "max_bad_fraction": hparams["max_bad_fraction"],
     }
     for key in dataset_keys:
         kwargs[key] = hparams[key]

@@ -10,7 +10,10 @@ Reads every run folder written by :mod:`speechbrain_petl.study` (a
 * ``tables.md``: the layouts of Tables 1 (AST), 2 (few-shot) and 3
   (Wav2Vec2): per cell, mean ± std of the test accuracy over folds and seeds,
   the number of runs behind it (finished / found), and the paper's number;
-  empty cells say that no run was found;
+  empty cells say that no run was found; a cell whose runs differ from the
+  recipe's defaults (backbone, ``pretrained``, epochs, few-shot, ``--debug``)
+  is marked ⚠n, and footnote n says how: such numbers are not comparable
+  to the paper's;
 * ``figure2.png`` (accuracy against PETL parameters, budget sweeps) and
   ``figure3.png`` (accuracy against the Conformer kernel size), when such
   sweeps were run;
@@ -23,12 +26,53 @@ parameter counts come from the ``params.json`` every recipe run writes.
 import argparse
 import json
 import os
+import re
 import statistics
 
 from speechbrain_petl.paper import SUFFIXES, TABLE1, TABLE2, TABLE3, paper_accuracy
 from speechbrain_petl.results import is_finished, test_accuracy, training_curves
 
 BUDGET_KEYS = ("adapter_bottleneck", "lora_rank", "prompt_length", "prefix_length")
+#: Settings whose change makes a run incomparable to the paper.
+COMPARABILITY_KEYS = ("backbone_source", "pretrained", "number_of_epochs", "few_shot")
+#: Run options (SpeechBrain flags) with the same effect.
+COMPARABILITY_FLAGS = {"debug": "--debug (a few batches and epochs only)"}
+
+
+def yaml_defaults(hparams, keys=COMPARABILITY_KEYS):
+    """The top-level values of ``keys`` as written in a recipe yaml (text).
+
+    Example
+    -------
+    >>> path = getfixture("tmp_path") / "x.yaml"
+    >>> _ = path.write_text("number_of_epochs: 50\\npretrained: True  # comment\\n")
+    >>> yaml_defaults(path)
+    {'pretrained': 'True', 'number_of_epochs': '50'}
+    """
+    with open(hparams) as fin:
+        text = fin.read()
+    values = {}
+    for key in keys:
+        match = re.search(rf"^{key}:[ \t]*([^#\n]*)", text, re.MULTILINE)
+        if match:
+            values[key] = match.group(1).strip()
+    return values
+
+
+def deviations(run, overrides, ignore=()):
+    """How a run's settings differ from its recipe's defaults (strings)."""
+    defaults = yaml_defaults(run["hparams"]) if os.path.isfile(run["hparams"]) else {}
+    found = []
+    for key in COMPARABILITY_KEYS:
+        if key in ignore or key not in overrides or key in run["sweep"]:
+            continue
+        if str(overrides[key]) != defaults.get(key):
+            found.append(f"{key}={overrides[key]} (recipe: {defaults.get(key, 'unset')})")
+    for flag, text in COMPARABILITY_FLAGS.items():
+        if any(arg == f"--{flag}" or arg.startswith(f"--{flag}=") and arg != f"--{flag}=False"
+               for arg in run["overrides"]):
+            found.append(text)
+    return found
 
 
 def load_runs(roots):
@@ -48,6 +92,7 @@ def load_runs(roots):
                 arg[2:].split("=", 1) for arg in run["overrides"] if arg.startswith("--") and "=" in arg
             )
             finished = is_finished(folder)
+            run["deviations"] = deviations(run, overrides, ignore=("few_shot",))
             params_file = os.path.join(folder, "params.json")
             run.update(
                 folder=folder,
@@ -70,14 +115,28 @@ def cell(runs):
     return mean, std, len(accs), len(runs)
 
 
-def format_cell(runs, paper):
+def format_cell(runs, paper, notes=None):
+    """A table cell; with ``notes`` (a list of footnotes, extended here), a
+    cell whose runs differ from the recipe defaults is marked ⚠n."""
     mean, std, done, found = cell(runs)
     ref = "—" if paper is None else f"{paper:.2f}"
     if found == 0:
         return f"no run / {ref}"
     if done == 0:
-        return f"unfinished (0/{found}) / {ref}"
-    return f"{mean:.2f} ± {std:.2f} ({done}/{found}) / {ref}"
+        text = f"unfinished (0/{found}) / {ref}"
+    else:
+        text = f"{mean:.2f} ± {std:.2f} ({done}/{found}) / {ref}"
+    differing = [r for r in runs if r.get("deviations")]
+    if notes is None or not differing:
+        return text
+    how = sorted({d for r in differing for d in r["deviations"]})
+    note = (
+        f"{len(differing)} of {found} run(s) differ from the recipe defaults: {'; '.join(how)}; "
+        "not comparable to the paper's number."
+    )
+    if note not in notes:
+        notes.append(note)
+    return f"{text} ⚠{notes.index(note) + 1}"
 
 
 def _select(runs, **conditions):
@@ -96,11 +155,15 @@ def _table(title, methods, columns, paper):
         "| Method | PETL params (ours) | " + " | ".join(name for name, _, _ in columns) + " |",
         "|---" * (len(columns) + 2) + "|",
     ]
+    notes = []
     for method in methods:
-        cells = [format_cell(select(method), paper(method, key)) for _, select, key in columns]
+        cells = [format_cell(select(method), paper(method, key), notes) for _, select, key in columns]
         found = sorted({r["params"]["petl"] for _, select, _ in columns for r in select(method) if r["params"]})
         params = " / ".join(f"{n:,}" for n in found) or "—"
         lines.append(f"| {method} | {params} | " + " | ".join(cells) + " |")
+    if notes:
+        lines.append("")
+        lines += [f"⚠{n}: {note}" for n, note in enumerate(notes, 1)]
     return "\n".join(lines)
 
 
@@ -126,7 +189,31 @@ def tables(runs):
     ) + "\n"
 
 
-def _plot_sweeps(runs, keys, x_of, xlabel, path, logx):
+def integer_axis(axis, values=None):
+    """Integer ticks on a matplotlib axis: at ``values`` (the swept points),
+    on a log scale when they span a decade or more; else any integers.
+    ``axis`` is ``ax.xaxis`` or ``ax.yaxis``."""
+    from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator, ScalarFormatter
+
+    if not values:
+        axis.set_major_locator(MaxNLocator(integer=True))
+        return
+    values = sorted(set(values))
+    if min(values) > 0 and max(values) / min(values) >= 10:
+        (axis.axes.set_xscale if axis is axis.axes.xaxis else axis.axes.set_yscale)("log")
+        axis.set_minor_locator(NullLocator())
+    if len(values) <= 12:
+        axis.set_major_locator(FixedLocator(values))
+        formatter = ScalarFormatter()
+        formatter.set_scientific(False)
+        axis.set_major_formatter(formatter)
+    else:
+        axis.set_major_locator(MaxNLocator(integer=True))
+
+
+def sweep_figure(runs, keys, x_of, xlabel):
+    """Accuracy against ``x_of(run)`` for the finished sweeps over ``keys``;
+    None when there are none."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -139,23 +226,31 @@ def _plot_sweeps(runs, keys, x_of, xlabel, path, logx):
         label = f"{run['dataset']} {run['method']}" + (f" {run['few_shot']}-shot" if run["few_shot"] else "")
         groups.setdefault(label, {}).setdefault(x_of(run), []).append(100 * run["accuracy"])
     if not groups:
-        return False
+        return None
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, points in sorted(groups.items()):
         xs = sorted(points)
         ax.plot(xs, [statistics.mean(points[x]) for x in xs], marker="o", label=label)
-    if logx:
-        ax.set_xscale("log")
+    integer_axis(ax.xaxis, [x for points in groups.values() for x in points])
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy (%)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    return fig
+
+
+def _save(fig, path, dpi):
+    import matplotlib.pyplot as plt
+
+    if fig is None:
+        return False
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return True
 
 
-def plot_curves(run, path):
+def curves_figure(run):
+    """Accuracy and loss per epoch of one run (integer epoch ticks)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -170,11 +265,11 @@ def plot_curves(run, path):
     loss.set_title("loss")
     for ax in (acc, loss):
         ax.set_xlabel("epoch")
+        integer_axis(ax.xaxis)
         ax.legend()
     fig.suptitle(os.path.relpath(run["folder"]), fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
 
 
 def main(argv=None):
@@ -189,13 +284,13 @@ def main(argv=None):
     with open(os.path.join(args.output, "tables.md"), "w") as fout:
         fout.write(tables(runs))
     made = {
-        "figure2.png": _plot_sweeps(
-            runs, BUDGET_KEYS, lambda r: r["params"]["petl"], "PETL parameters",
-            os.path.join(args.output, "figure2.png"), logx=True,
+        "figure2.png": _save(
+            sweep_figure(runs, BUDGET_KEYS, lambda r: r["params"]["petl"], "PETL parameters"),
+            os.path.join(args.output, "figure2.png"), dpi=120,
         ),
-        "figure3.png": _plot_sweeps(
-            runs, ("kernel_size",), lambda r: int(r["sweep"]["kernel_size"]), "Conformer kernel size",
-            os.path.join(args.output, "figure3.png"), logx=False,
+        "figure3.png": _save(
+            sweep_figure(runs, ("kernel_size",), lambda r: int(r["sweep"]["kernel_size"]), "Conformer kernel size"),
+            os.path.join(args.output, "figure3.png"), dpi=120,
         ),
     }
     for run in runs:
@@ -203,7 +298,7 @@ def main(argv=None):
             rel = os.path.relpath(run["folder"], os.path.commonpath([run["folder"]] + args.roots))
             path = os.path.join(args.output, "curves", rel + ".png")
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            plot_curves(run, path)
+            _save(curves_figure(run), path, dpi=100)
     finished = sum(r["finished"] for r in runs)
     print(f"{len(runs)} runs found, {finished} finished; wrote {os.path.join(args.output, 'tables.md')}"
           + "".join(f", {name}" for name, ok in made.items() if ok))

@@ -11,13 +11,17 @@ Each run is the recipe's own ``train.py`` in its own output folder
 ``<output_root>/<yaml>/<sweep point>/fold<k>_seed<s>`` (with a ``run.json``
 describing it). A finished run (tested) is skipped; an interrupted one is
 started again with the same command and resumes from its SpeechBrain
-checkpoints. Runs are sequential; each may itself be distributed by giving
+checkpoints. A run's identity is every effective setting: the yaml's content
+(SHA-256) and all overrides; a folder holding a run made with other settings
+is refused, naming the settings that differ (choose another
+``--output_root``). Runs are sequential; each may itself be distributed by giving
 a ``--launcher`` (``torchrun``; there is no home-made launcher). At the end
 the mean and standard deviation of the test accuracy over folds and seeds
 is printed for every sweep point.
 """
 
 import argparse
+import hashlib
 import itertools
 import json
 import os
@@ -59,6 +63,53 @@ def parse_sweep(text):
     return key, parse_list(values, cast=str)
 
 
+def identity(hparams, overrides):
+    """What makes a run: the SHA-256 of the yaml's text and its overrides.
+
+    Example
+    -------
+    >>> path = getfixture("tmp_path") / "x.yaml"
+    >>> _ = path.write_text("number_of_epochs: 1\\n")
+    >>> identity(path, ["--fold=2", "--debug"])["overrides"]
+    {'debug': True, 'fold': '2'}
+    """
+    with open(hparams, "rb") as fin:
+        digest = hashlib.sha256(fin.read()).hexdigest()
+    return {"yaml_sha256": digest, "overrides": overrides_dict(overrides)}
+
+
+def overrides_dict(args):
+    """``["--key=value", "--flag"]`` -> ``{"key": "value", "flag": True}``."""
+    result = {}
+    for arg in args:
+        key, _, value = arg.lstrip("-").partition("=")
+        result[key] = value if "=" in arg else True
+    return dict(sorted(result.items()))
+
+
+def identity_differences(stored, current):
+    """Human-readable differences between two :func:`identity` dicts.
+
+    Example
+    -------
+    >>> old = {"yaml_sha256": "a" * 64, "overrides": {"fold": "1"}}
+    >>> identity_differences(old, {"yaml_sha256": "a" * 64, "overrides": {"fold": "1", "number_of_epochs": "2"}})
+    ['--number_of_epochs: (yaml default) -> 2']
+    """
+    if stored is None:
+        return ["the folder's run.json records no settings (made by an older version)"]
+    changes = []
+    if stored["yaml_sha256"] != current["yaml_sha256"]:
+        changes.append(
+            f"the yaml's content changed (SHA-256 {stored['yaml_sha256'][:12]}... -> {current['yaml_sha256'][:12]}...)"
+        )
+    before, after = stored["overrides"], current["overrides"]
+    for key in sorted(set(before) | set(after)):
+        if before.get(key) != after.get(key):
+            changes.append(f"--{key}: {before.get(key, '(yaml default)')} -> {after.get(key, '(yaml default)')}")
+    return changes
+
+
 def plan_runs(hparams, output_root, folds, seeds, sweep_key, sweep_values, overrides):
     """Every run of the study: a list of dicts (see ``run.json``)."""
     stem = os.path.splitext(os.path.basename(hparams))[0]
@@ -83,10 +134,32 @@ def plan_runs(hparams, output_root, folds, seeds, sweep_key, sweep_values, overr
                 "fold": fold,
                 "seed": seed,
                 "overrides": args,
+                "identity": identity(hparams, args),
                 "output_folder": os.path.abspath(os.path.join(output_root, stem, point, name)),
             }
         )
     return runs
+
+
+def check_identities(runs):
+    """Raises a ValueError listing the planned runs whose folder already
+    holds a run made with other settings, and which settings differ."""
+    clashes = []
+    for run in runs:
+        path = os.path.join(run["output_folder"], "run.json")
+        if not os.path.isfile(path):
+            continue
+        with open(path) as fin:
+            stored = json.load(fin).get("identity")
+        changes = identity_differences(stored, run["identity"])
+        if changes:
+            clashes.append(f"{run['output_folder']}: " + "; ".join(changes))
+    if clashes:
+        raise ValueError(
+            "These run folders hold runs made with other settings; their results would be "
+            "reported as this study's:\n  " + "\n  ".join(clashes)
+            + "\nUse another --output_root for the new settings (or remove the old folders)."
+        )
 
 
 def launch(run, launcher, script):
@@ -138,6 +211,7 @@ def main(argv=None):
     runs = plan_runs(
         args.hparams, args.output_root, parse_list(args.folds), parse_list(args.seeds), sweep_key, sweep_values, overrides
     )
+    check_identities(runs)
     failed = []
     for index, run in enumerate(runs, 1):
         if is_finished(run["output_folder"]):

@@ -149,6 +149,62 @@ def test_loading_errors_name_the_folder(tmp_path, tiny_ast_dir):
         AST(tiny_ast_config(), pretrained=True)
 
 
+@pytest.mark.parametrize("pretrained", [True, False])
+def test_a_folder_of_the_other_backbone_is_refused_at_load_time(tiny_ast_dir, tiny_w2v2_dir, pretrained):
+    """An AST yaml pointed at a Wav2Vec2 folder used to train a random AST;
+    the reverse died later with a non-finite loss."""
+    with pytest.raises(ValueError) as err:
+        AST(tiny_w2v2_dir, pretrained=pretrained, max_frames=64)
+    message = str(err.value)
+    assert tiny_w2v2_dir in message and "Wav2Vec2Model" in message and "AST" in message and "ASTModel" in message
+    with pytest.raises(ValueError) as err:
+        Wav2Vec2(tiny_ast_dir, pretrained=pretrained)
+    message = str(err.value)
+    assert tiny_ast_dir in message and "'ASTModel'" not in message and "ASTModel" in message
+    assert "Wav2Vec2 (speechbrain_petl.backbones.Wav2Vec2)" in message
+
+
+def test_a_missing_or_unexpected_backbone_weight_is_an_error(tmp_path, tiny_ast_dir):
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(f"{tiny_ast_dir}/model.safetensors")
+    for name, change in {
+        "missing": lambda w: w.pop("layernorm.weight"),
+        "unexpected": lambda w: w.update({"encoder.layer.9.extra.weight": torch.zeros(2)}),
+    }.items():
+        folder = tmp_path / name
+        ASTModel(tiny_ast_config()).save_pretrained(folder)
+        changed = dict(weights)
+        change(changed)
+        save_file(changed, folder / "model.safetensors", metadata={"format": "pt"})
+        with pytest.raises(ValueError, match=rf"{folder}.*{name} 1: .*pretrained: True"):
+            AST(str(folder), pretrained=True, max_frames=64)
+    # a task head next to the backbone (as in the hub's AST checkpoint) is not a backbone weight
+    folder = tmp_path / "with_head"
+    ASTModel(tiny_ast_config()).save_pretrained(folder)
+    save_file({**weights, "classifier.dense.weight": torch.zeros(3, 32)}, folder / "model.safetensors",
+              metadata={"format": "pt"})
+    assert AST(str(folder), pretrained=True, max_frames=64).num_layers == 2
+
+
+def test_offline_hub_id_fails_fast_naming_the_flags(tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    start = time.monotonic()
+    with pytest.raises(OSError) as err:
+        AST("MIT/ast-finetuned-audioset-10-10-0.4593", pretrained=True, max_frames=64)
+    assert time.monotonic() - start < 10
+    assert "--backbone_source=<local folder>" in str(err.value) and "--pretrained=False" in str(err.value)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match="HF_HUB_OFFLINE is set"):
+        Wav2Vec2("someone/not-cached", pretrained=True)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        AST(str(tmp_path / "no" / "such" / "folder"), pretrained=True)
+
+
 # ------------------------------------------------------- positional embeddings
 def test_position_embeddings_are_cropped_or_interpolated_not_zeroed(tiny_ast_dir):
     hf = ASTModel.from_pretrained(tiny_ast_dir)  # 64 frames -> 4 time patches

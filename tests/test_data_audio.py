@@ -9,7 +9,7 @@ import soundfile as sf
 import torch
 
 from mini_datasets import corrupt_clip
-from speechbrain_petl.data.audio import ClipReport, inspect_clip, load_audio
+from speechbrain_petl.data.audio import AudioFileError, ClipReport, inspect_clip, load_audio
 
 
 def _sine(rate, seconds, frequency=440.0, amplitude=0.5, samples=None):
@@ -106,8 +106,34 @@ def test_load_audio_undecodable_file_raises_soundfile_error(tmp_path):
     path = tmp_path / "clip.wav"
     sf.write(path, _sine(16000, 0.1), 16000)
     corrupt_clip(path, "garbage")
-    with pytest.raises(sf.LibsndfileError, match="clip.wav"):
+    with pytest.raises(AudioFileError, match="clip.wav"):
         load_audio(path)
+
+
+class _Clips(torch.utils.data.Dataset):
+    def __init__(self, paths):
+        self.paths = paths
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        return load_audio(self.paths[index])
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_unreadable_clip_is_named_through_a_dataloader(tmp_path, num_workers):
+    """soundfile's own error loses its message when a DataLoader worker
+    re-raises it (``<exception str() failed>``); ours names the file."""
+    paths = []
+    for name in ("fine.wav", "broken.wav"):
+        sf.write(tmp_path / name, _sine(16000, 0.1), 16000)
+        paths.append(str(tmp_path / name))
+    corrupt_clip(paths[1], "garbage")
+    loader = torch.utils.data.DataLoader(_Clips(paths), batch_size=1, num_workers=num_workers)
+    with pytest.raises(AudioFileError) as err:
+        list(loader)
+    assert paths[1] in str(err.value) and "prepare again" in str(err.value)
 
 
 # -------------------------------------------------------------- inspect_clip

@@ -151,6 +151,67 @@ def test_filter_bad_clips_raises_above_max_bad_fraction(tmp_path):
         P.filter_bad_clips(rows, tmp_path, max_bad_fraction=1.5)
 
 
+def test_filter_bad_clips_shows_a_progress_bar(tmp_path, capsys):
+    rows = _clips(tmp_path / "clips", 3)
+    P.filter_bad_clips(rows, tmp_path)
+    err = capsys.readouterr().err
+    assert "Checking clips" in err and "3/3" in err
+
+
+def test_too_many_bad_clips_names_the_yaml_key_to_raise(tmp_path):
+    rows = _clips(tmp_path / "clips", 10)
+    corrupt_clip(rows[0]["wav"], "garbage")
+    with pytest.raises(RuntimeError, match=r"--max_bad_fraction=0\.1\b"):
+        P.filter_bad_clips(rows, tmp_path, max_bad_fraction=0.05)
+
+
+def _toy_preparation(data, save, **kwargs):
+    def read_clips(rows):
+        return [(row, ["train", "valid", "test"]) for row in rows]
+
+    return P.prepare_split_manifests(
+        data, save, {"dataset": "toy"}, lambda d: _clips(data, 4), read_clips,
+        ["ID", "duration", "wav", "label"], "Toy", max_bad_fraction=0.5, **kwargs,
+    )
+
+
+def test_a_clip_changed_after_preparation_is_checked_again(tmp_path):
+    data, save = tmp_path / "data", tmp_path / "save"
+    assert _toy_preparation(data, save) is not None
+    (data / "c001.wav").write_bytes(b"RIFF not audio any more")  # other size
+    # _clips rewrites the clips in check_layout: keep them as they are now
+    stats = P.clip_stats([str(data / f"c{i:03d}.wav") for i in range(4)])
+    written = P.prepare_split_manifests(
+        data, save, {"dataset": "toy"}, lambda d: None,
+        lambda _: [({"ID": f"c{i:03d}", "wav": str(data / f"c{i:03d}.wav"), "label": "x"},
+                    ["train", "valid", "test"]) for i in range(4)],
+        ["ID", "duration", "wav", "label"], "Toy", max_bad_fraction=0.5,
+    )
+    assert written is not None and [r["ID"] for r in written["train"]] == ["c000", "c002", "c003"]
+    assert "c001.wav" in (save / P.BAD_CLIPS_LOG).read_text()
+    assert P.clip_stats(list(stats)) == stats
+
+
+def test_only_the_modification_time_changed_is_noticed(tmp_path, caplog):
+    data, save = tmp_path / "data", tmp_path / "save"
+    rows = _clips(data, 2)
+    settings = {"dataset": "toy"}
+
+    def prepare():
+        return P.prepare_split_manifests(
+            data, save, settings, lambda d: None, lambda _: [(r, ["train", "valid", "test"]) for r in rows],
+            ["ID", "duration", "wav", "label"], "Toy",
+        )
+
+    assert prepare() is not None
+    assert prepare() is None  # nothing changed: skipped
+    stat = os.stat(rows[1]["wav"])
+    os.utime(rows[1]["wav"], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    with caplog.at_level(logging.INFO):
+        assert prepare() is not None
+    assert "changed on disk" in caplog.text and "c001.wav" in caplog.text
+
+
 def test_filter_bad_clips_removes_a_stale_report(tmp_path):
     rows = _clips(tmp_path / "audio", 3)
     (tmp_path / P.BAD_CLIPS_LOG).write_text("1 of 3 clips ...\n")

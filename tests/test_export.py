@@ -96,5 +96,10 @@ def test_rebase_keeps_unrelated_values():
     text = "output_folder: results/a\nsave_folder: results/a/save\nlog: results/ab\nx: [results/a]\n"
     rebased = export.rebase(text, "output_folder", "/new")
     assert rebased == "output_folder: /new\nsave_folder: /new/save\nlog: results/ab\nx: [results/a]\n"
+    # Long values are folded by the yaml writer onto the next line.
+    folded = "output_folder: \n  /a/very/long/run\nsave_folder: \n  /a/very/long/run/save\nmodel:\n  n: 1\n"
+    assert export.rebase(folded, "output_folder", "/new") == (
+        "output_folder: /new\nsave_folder: /new/save\nmodel:\n  n: 1\n"
+    )
     with pytest.raises(ValueError, match="no top-level 'backbone_source'"):
         export.rebase(text, "backbone_source", "/b", pathlib.Path("hyperparams.yaml"))

@@ -1,7 +1,6 @@
 """`python -m speechbrain_petl.params` on every recipe yaml, with the paper's
 exact budgets for AST-base."""
 
-import csv
 import json
 import os
 import subprocess
@@ -9,11 +8,10 @@ import sys
 
 import pytest
 
+from recipe_table import PARAMS, TRAIN_ROWS, backbone_kind, row_id
 from speechbrain_petl.params import load_modules, report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-with open(os.path.join(ROOT, "tests", "recipes.csv"), newline="") as fin:
-    ROWS = list(csv.DictReader(fin))
 
 #: AST-base with the paper's settings (NOTES.md section 2): trainable PETL
 #: parameters, LayerNorms trained with each adapter included.
@@ -31,32 +29,33 @@ PAPER_BUDGETS = {
 
 
 def recipe_yaml(row):
-    return os.path.join(ROOT, row["Recipe"], row["Hparams"])
+    return os.path.join(ROOT, row["Hparam_file"])
 
 
-@pytest.mark.parametrize("row", ROWS, ids=[r["Hparams"].split("/")[-1] for r in ROWS])
+@pytest.mark.parametrize("row", TRAIN_ROWS, ids=[row_id(r) for r in TRAIN_ROWS])
 def test_params_report_of_every_recipe(row, capsys, tiny_ast_dir):
     argv = [recipe_yaml(row), "--pretrained=False"]
     if "backbone_source: !PLACEHOLDER" in open(recipe_yaml(row)).read():
         argv.append(f"--backbone_source={tiny_ast_dir}")  # quickstart: the stage-1 AST
     summary = report(load_modules(argv))
-    name = row["Hparams"].split("/")[-1]
+    name = row_id(row)
+    budget = PARAMS[row["Hparam_file"]]
     if name in PAPER_BUDGETS:
         assert summary["petl"] == PAPER_BUDGETS[name]
-    if row["Petl_params"]:
-        assert summary["petl"] == int(row["Petl_params"])
-        assert summary["head"] == int(row["Head_params"])
+    if budget["Petl_params"]:
+        assert summary["petl"] == int(budget["Petl_params"])
+        assert summary["head"] == int(budget["Head_params"])
     else:
         assert summary["petl"] > 0 and summary["head"] > 0
     assert summary["total"] == summary["petl"] + summary["head"] + summary["frozen"]
     if name.startswith("full"):
-        assert summary["frozen"] == (0 if row["Backbone"] == "ast" else 4_200_448)  # W2V2 CNN
+        assert summary["frozen"] == (0 if backbone_kind(row) == "ast" else 4_200_448)  # W2V2 CNN
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == summary
 
 
 @pytest.mark.parametrize(
     "hparams, n_classes, expected",
-    [("Google-speech-commands/hparams/linear_gsc.yaml", 10, 9_226), ("ESC50/hparams/linear_esc50.yaml", 50, 39_986)],
+    [("Google-speech-commands/PETL/hparams/linear_gsc.yaml", 10, 9_226), ("ESC50/PETL/hparams/linear_esc50.yaml", 50, 39_986)],
 )
 def test_linear_probing_budget_from_the_command_line(hparams, n_classes, expected, tmp_path):
     result = subprocess.run(

@@ -75,6 +75,12 @@ def backbones(tiny_ast_dir, tiny_w2v2_dir):
     return {"ast": tiny_ast_dir, "w2v2": tiny_w2v2_dir}
 
 
+def row_classes(row):
+    """The ``n_classes`` of a recipe yaml (its head's width)."""
+    text = (REPO / row["Hparam_file"]).read_text()
+    return int(re.search(r"^n_classes: (\d+)", text, re.MULTILINE).group(1))
+
+
 def recipe_argv(row, data, backbone, output_folder, *extra):
     """The row's debug flags with another dataset and backbone (a pretrained
     tiny one, written by a fixture)."""
@@ -157,14 +163,25 @@ def test_recipe_runs_end_to_end(row, backbones, tmp_path, monkeypatch):
     with open(out / "test_predictions.csv", newline="") as fin:
         predictions = list(csv.DictReader(fin))
     assert len(predictions) == len(brain.stats.ids) > 0
+    # score and per-class probabilities: one column per output unit, summing to 1
+    labels = [brain.hparams.label_encoder.ind2lab.get(i, f"<unused output {i}>") for i in range(int(row_classes(row)))]
+    assert list(predictions[0])[:4] == ["ID", "target", "prediction", "score"]
+    assert list(predictions[0])[4:] == [f"prob_{label}" for label in labels]
+    for pred in predictions:
+        probs = {label: float(pred[f"prob_{label}"]) for label in labels}
+        assert abs(sum(probs.values()) - 1) < 1e-4
+        assert max(probs, key=probs.get) == pred["prediction"]
+        assert float(pred["score"]) == pytest.approx(probs[pred["prediction"]], rel=1e-5)
+
     with open(out / "save" / "test.csv", newline="") as fin:
         wav_of = {row["ID"]: row["wav"] for row in csv.DictReader(fin)}
     if not lobe.pretrained:  # random weights exist nowhere else: no inference folder
         assert not (out / "inference").exists()
         return
     # The run wrote its inference folder; loaded through SpeechBrain's
-    # interface, it computes what the trained model computes, clip by clip,
-    # and gives the run's test predictions again (up to exact ties).
+    # interface, it gives the run's test probabilities again, clip by clip
+    # (alone instead of in a batch: equal up to float rounding), and its
+    # predictions (up to exact ties).
     assert (out / "inference" / "README.md").is_file()
     classifier = AudioClassifier.from_hparams(source=str(out / "inference"), savedir=str(tmp_path / "cache"))
     trained = AudioClassifier.from_modules(
@@ -172,17 +189,18 @@ def test_recipe_runs_end_to_end(row, backbones, tmp_path, monkeypatch):
         max_audio_samples=getattr(brain.hparams, "max_audio_samples", None),
     )
     for row_pred in predictions:
-        log_probs, _, _, labels = classifier.classify_file(wav_of[row_pred["ID"]])
+        log_probs, _, _, predicted = classifier.classify_file(wav_of[row_pred["ID"]])
         expected, _, _, _ = trained.classify_file(wav_of[row_pred["ID"]])
         torch.testing.assert_close(log_probs, expected, rtol=0, atol=1e-5)
+        recorded = torch.tensor([float(row_pred[f"prob_{label}"]) for label in labels])
+        torch.testing.assert_close(log_probs[0].exp(), recorded, rtol=0, atol=1e-4)
         top2 = log_probs[0].topk(2).values
         if top2[0] - top2[1] > 1e-3:
-            assert labels[0] == row_pred["prediction"], row_pred["ID"]
+            assert predicted[0] == row_pred["prediction"], row_pred["ID"]
     # So does the run folder itself.
     from_run = AudioClassifier.from_experiment(out)
     first = wav_of[predictions[0]["ID"]]
     torch.testing.assert_close(from_run.classify_file(first)[0], trained.classify_file(first)[0], rtol=0, atol=1e-5)
-
 
 
 # ------------------------------------------------------------ consistency
@@ -197,7 +215,8 @@ def test_tables_have_speechbrains_columns_and_cover_every_yaml():
         if "results" not in path.parts
     }
     assert found == set(listed), f"not listed: {sorted(found - set(listed))}; missing: {sorted(set(listed) - found)}"
-    assert set(PARAMS) == set(listed), "tests/recipe_params.csv must have one row per recipe yaml"
+    trained = {row["Hparam_file"] for row in TRAIN_ROWS}
+    assert set(PARAMS) == trained, "tests/recipe_params.csv must have one row per yaml train.py runs"
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[row_id(r) for r in ROWS])
@@ -261,10 +280,31 @@ def test_every_yaml_key_is_used(row):
 def test_every_yaml_exposes_the_common_keys(row):
     text = (REPO / row["Hparam_file"]).read_text()
     keys = set(re.findall(r"^([A-Za-z_]\w*):", text, re.MULTILINE))
-    common = {"data_folder", "output_folder", "seed", "number_of_epochs", "batch_size", "backbone_source", "pretrained"}
+    common = {
+        "data_folder", "output_folder", "seed", "number_of_epochs", "batch_size", "backbone_source", "pretrained",
+        "max_bad_fraction",
+    }
     if row["table"] == "ESC50":
         common |= {"fold", "protocol"}
     assert common <= keys, f"missing: {sorted(common - keys)}"
+
+
+def test_num_workers_default_to_the_machine(monkeypatch):
+    """Recipes default to the CPUs this process may use, at most 4 (no
+    DataLoader warning on a 2-core machine); the quickstart keeps 0."""
+    from speechbrain_petl.data.pipelines import default_num_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert default_num_workers() == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert default_num_workers() == 4
+    for row in TRAIN_ROWS:
+        if row["table"] == "Quickstart":
+            continue
+        text = (REPO / row["Hparam_file"]).read_text()
+        assert re.search(
+            r"^num_workers: !apply:speechbrain_petl\.data\.pipelines\.default_num_workers \[\]", text, re.MULTILINE
+        ), row["Hparam_file"]
 
 
 def test_recipe_readmes_cover_every_yaml():
@@ -283,42 +323,120 @@ def test_recipe_readmes_cover_every_yaml():
             assert f"| {paper:.2f} |" in line, f"{row['Readme_file']}: {name} lacks the paper's {paper}"
 
 
-def test_killed_run_resumes_from_its_intra_epoch_checkpoint(mini_data, tiny_ast_dir, tmp_path):
-    """SIGKILL a training subprocess mid-epoch; the restarted run resumes
-    from the intra-epoch checkpoint and finishes."""
-    row = next(r for r in ROWS if row_id(r) == "conformer_gsc.yaml")
-    out = tmp_path / "out"
-    cmd = [sys.executable, "train.py"] + recipe_argv(
-        row,
-        mini_data["Google-speech-commands"],
-        tiny_ast_dir,
-        out,
-        "--number_of_epochs=1",
-        "--batch_size=1",
-        "--ckpt_interval_steps=2",
-    )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cwd = REPO / pathlib.Path(row["Script_file"]).parent
-    first = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    try:
-        while time.time() < deadline and first.poll() is None:
-            if any("brain_intra_epoch_ckpt" in p.read_text() for p in out.glob("save/CKPT*/CKPT.yaml")):
-                break
-            time.sleep(0.02)
-    finally:
-        first.send_signal(signal.SIGKILL)
-        first.wait()
-    assert first.returncode == -signal.SIGKILL, "the run ended before it could be killed mid-epoch"
-    assert not (out / "train_log.txt").exists() or "epoch: 1" not in (out / "train_log.txt").read_text()
-    intra_epoch = {
-        p.parent.name for p in out.glob("save/CKPT*/CKPT.yaml") if "brain_intra_epoch_ckpt" in p.read_text()
-    }
-    assert intra_epoch
+def _latest_end_of_epoch_tensors(out):
+    """Every tensor of the run's last end-of-epoch checkpoint, by file and key."""
+    import yaml
 
-    second = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert second.returncode == 0, second.stderr[-3000:]
-    loaded = re.findall(r"Loading a checkpoint from \S*/(CKPT\S+)", second.stdout + second.stderr)
-    assert loaded and loaded[0] in intra_epoch, loaded
-    train_log = (out / "train_log.txt").read_text()
-    assert train_log.count("epoch: 1,") == 1 and "test acc" in train_log
+    ckpts = [p.parent for p in (out / "save").glob("CKPT*/CKPT.yaml")]
+    metas = {c: yaml.safe_load((c / "CKPT.yaml").read_text()) for c in ckpts}
+    latest = max((c for c in ckpts if metas[c]["end-of-epoch"]), key=lambda c: metas[c]["unixtime"])
+    tensors = {}
+
+    def collect(prefix, value):
+        if isinstance(value, torch.Tensor):
+            tensors[prefix] = value
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                collect(f"{prefix}/{key}", item)
+        elif isinstance(value, (list, tuple)):
+            for index, item in enumerate(value):
+                collect(f"{prefix}/{index}", item)
+
+    for name in ("backbone", "classifier", "optimizer", "lr_scheduler"):
+        collect(name, torch.load(latest / f"{name}.ckpt", weights_only=True))
+    return tensors
+
+
+#: Where the resumed run of the exact-resume test is killed, in order (see
+#: tests/killable_run.py): before the first checkpoint (epoch 1, step 1),
+#: during the intra-epoch checkpoint after epoch 1 step 4 (once 2 of its
+#: files are written), and mid-epoch (epoch 2 step 3, one step after a
+#: checkpoint).
+KILL_POINTS = ("step:1:1", "save:1:4:2", "step:2:3")
+
+
+def test_killed_and_resumed_run_equals_an_uninterrupted_one(mini_data, tmp_path, tiny_ast_dir):
+    """SIGKILL a run at several points and restart it each time: it ends with
+    bit-identical trained tensors, epoch statistics and test predictions to
+    an uninterrupted run with the same seed (ESC-50's SpecAugment draws
+    random numbers at every step; the Conformer adapter has BatchNorm)."""
+    row = next(r for r in ROWS if row_id(r) == "conformer_esc50.yaml")
+    data = mini_data["ESC50"]  # 24 training clips: 6 steps per epoch
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]), "OMP_NUM_THREADS": "1"}
+
+    def run(out, point):
+        argv = recipe_argv(
+            row, data, tiny_ast_dir, out, "--number_of_epochs=2", "--batch_size=4", "--ckpt_interval_steps=2", "--max_frames=64"
+        )
+        cmd = [sys.executable, str(REPO / "tests" / "killable_run.py"), row["table"], point] + argv
+        return subprocess.run(
+            cmd, cwd=REPO / pathlib.Path(row["Script_file"]).parent, env=env, capture_output=True, text=True, timeout=300
+        )
+
+    plain = run(tmp_path / "plain", "none")
+    assert plain.returncode == 0, (plain.stdout + plain.stderr)[-3000:]
+    resumed = tmp_path / "resumed"
+    loaded = []
+    for point in KILL_POINTS:
+        killed = run(resumed, point)
+        assert killed.returncode == -signal.SIGKILL, (point, killed.stderr[-3000:])
+        loaded += re.findall(r"Loading a checkpoint from \S*/(CKPT\S+)", killed.stdout + killed.stderr)
+        if point.startswith("save:"):  # the checkpoint being written is left unfinished
+            assert [p for p in (resumed / "save").glob("CKPT*") if not (p / "CKPT.yaml").exists()]
+    last = run(resumed, "none")
+    assert last.returncode == 0, last.stderr[-3000:]
+    loaded += re.findall(r"Loading a checkpoint from \S*/(CKPT\S+)", last.stdout + last.stderr)
+    assert len(loaded) >= 3  # two resumes from intra-epoch checkpoints, then the best one for the test
+
+    a, b = _latest_end_of_epoch_tensors(tmp_path / "plain"), _latest_end_of_epoch_tensors(resumed)
+    assert a.keys() == b.keys() and a
+    max_diff = max(float((a[k].double() - b[k].double()).abs().max()) if a[k].numel() else 0.0 for k in a)
+    print(f"kill points {KILL_POINTS}: max abs difference of {len(a)} trained tensors = {max_diff}")
+    assert max_diff == 0.0
+    epochs = [
+        [line for line in (out / "train_log.txt").read_text().splitlines() if line.startswith("epoch:")]
+        for out in (tmp_path / "plain", resumed)
+    ]
+    assert len(epochs[0]) == 2 and epochs[0] == epochs[1]  # whole-epoch statistics, logged once
+    assert (tmp_path / "plain" / "test_predictions.csv").read_text() == (resumed / "test_predictions.csv").read_text()
+
+
+def test_a_clip_damaged_after_preparation_is_named_and_rechecked(tmp_path, tiny_ast_dir):
+    """A clip broken after preparation: training names it (with and without
+    DataLoader workers); preparing again notices the change and re-checks
+    it, refusing or, with ``--max_bad_fraction``, dropping it."""
+    from speechbrain_petl.data.audio import AudioFileError
+
+    row = next(r for r in ROWS if row_id(r) == "linear_esc50.yaml")
+    data = make_esc50(tmp_path / "ESC-50-master")
+    out = tmp_path / "out"
+    train = load_recipe_module("ESC50", "train")
+    prepare = load_recipe_module("ESC50", "esc50_prepare")
+    prepare.prepare_esc50(data, out / "save", fold=2, protocol="official")
+    with open(out / "save" / "train.csv", newline="") as fin:
+        broken = next(csv.DictReader(fin))["wav"]
+    with open(broken, "wb") as fout:
+        fout.write(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    argv = [a for a in recipe_argv(row, data, tiny_ast_dir, out, "--max_frames=64") if not a.startswith("--num_workers")]
+    for workers in (0, 2):
+        with pytest.raises(AudioFileError, match=re.escape(broken)):
+            train.main(argv + ["--skip_prep=True", f"--num_workers={workers}", "--batch_size=64"])
+    with pytest.raises(RuntimeError, match=r"--max_bad_fraction="):
+        train.main(argv + ["--num_workers=0"])
+    train.main(argv + ["--num_workers=0", "--max_bad_fraction=0.05", "--number_of_epochs=1", "--debug"])
+    assert broken in (out / "save" / "bad_clips.log").read_text()
+    assert broken not in (out / "save" / "train.csv").read_text()
+
+
+def test_readme_documents_resuming_cpu_torchrun_and_prediction_columns():
+    readme = (REPO / "README.md").read_text()
+    resuming = readme[readme.index("* **Resuming**"):]
+    resuming = resuming[: resuming.index("\n* ")]
+    assert "--ckpt_interval_minutes=N" in resuming and "--ckpt_interval_steps=N" in resuming
+    assert "whole minutes" in resuming
+    cpu = readme[readme.index("torchrun --nproc_per_node=8 train.py"):]
+    assert "CPU-only" in cpu[:400] and "torchrun --nproc_per_node=2 train.py hparams/conformer_gsc.yaml" in cpu[:400]
+    assert "`ID, target, prediction, score`" in readme and "`prob_<label>`" in readme
+    for row in TRAIN_ROWS:
+        if row["table"] != "Quickstart":
+            assert "--ckpt_interval_steps" in (REPO / row["Readme_file"]).read_text(), row["Readme_file"]

@@ -91,9 +91,20 @@ def test_report_from_real_runs(study_root, tmp_path):
     assert (tmp_path / "figure3.png").is_file()
     assert not (tmp_path / "figure2.png").exists()  # no budget sweep was run
     assert len(list((tmp_path / "curves").rglob("*.png"))) == 5
+    # tiny --debug runs on a random backbone are flagged, and the footnote says how
+    assert lora_row.endswith("(2/2) / 86.45 ⚠1 |") or "(2/2) / 86.45 ⚠" in lora_row
+    marker = lora_row.split("(2/2) / 86.45 ")[1].split(" ")[0]
+    note = next(line for line in tables.splitlines() if line.startswith(marker + ":"))
+    assert "2 of 2 run(s)" in note and "--debug" in note and f"backbone_source={_tiny(root)}" in note
+    assert "(recipe: MIT/ast-finetuned-audioset-10-10-0.4593)" in note and "not comparable" in note
 
 
-def _fake_run(folder, yaml, dataset, correct, total=10, sweep=None, finished=True, petl=1000):
+def _tiny(root):
+    run = json.loads(next(pathlib.Path(root).rglob("run.json")).read_text())
+    return next(a.split("=", 1)[1] for a in run["overrides"] if a.startswith("--backbone_source="))
+
+
+def _fake_run(folder, yaml, dataset, correct, total=10, sweep=None, finished=True, petl=1000, overrides=()):
     folder.mkdir(parents=True)
     run = {
         "hparams": str(REPO / "recipes" / dataset / "PETL" / "hparams" / f"{yaml}.yaml"),
@@ -101,7 +112,7 @@ def _fake_run(folder, yaml, dataset, correct, total=10, sweep=None, finished=Tru
         "sweep": sweep or {},
         "fold": 1,
         "seed": 1,
-        "overrides": [],
+        "overrides": list(overrides),
         "output_folder": str(folder),
     }
     (folder / "run.json").write_text(json.dumps(run))
@@ -137,6 +148,7 @@ def test_report_on_hand_made_partial_and_missing_runs(tmp_path):
     assert row.startswith("| bottleneck | 1,000 |")  # from params.json
     assert "75.00 ± 35.36 (2/3) / 91.33" in row  # mean and std of 50% and 100%; 1 unfinished
     assert "no run / 88.38" in row  # ESC50: nothing there
+    assert "⚠" not in row  # default settings: nothing to flag
     w2v2 = next(line for line in tables.splitlines() if line.startswith("| w2v2_linear |"))
     assert "unfinished (0/1) / 36.82" in w2v2
     assert (out / "figure2.png").is_file()
@@ -164,3 +176,45 @@ def test_study_argument_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="train.py"):
         study.main([str(tmp_path / "x.yaml"), f"--output_root={tmp_path}"])
     assert os.listdir(tmp_path) == []
+
+
+def test_a_changed_setting_is_refused_naming_it(study_root, tmp_path):
+    """After a study, the same command with --number_of_epochs=2 used to
+    print "finished already" and report the old runs."""
+    root, common = study_root
+    lora = root / "runs/lora_esc50/default/fold1_seed7"
+    stamp = (lora / "test_predictions.csv").stat().st_mtime
+    with pytest.raises(ValueError) as err:
+        study.main([str(ESC50 / "lora_esc50.yaml"), "--folds=1,2", "--seeds=7", *common, "--number_of_epochs=2"])
+    message = str(err.value)
+    assert str(lora) in message and "--number_of_epochs: (yaml default) -> 2" in message
+    assert (lora / "test_predictions.csv").stat().st_mtime == stamp  # nothing was run
+    # the yaml's content is part of the identity too
+    run = study.plan_runs(str(ESC50 / "lora_esc50.yaml"), root / "runs", [1], [7], None, [None], common[1:])[0]
+    assert run["output_folder"] == str(lora)
+    edited = tmp_path / "lora_esc50.yaml"
+    edited.write_text((ESC50 / "lora_esc50.yaml").read_text().replace("lora_rank: 6", "lora_rank: 7"))
+    run["identity"] = study.identity(edited, run["overrides"])
+    with pytest.raises(ValueError, match="yaml's content changed"):
+        study.check_identities([run])
+
+
+def test_figures_use_integer_ticks_and_log_scale_across_decades(tmp_path):
+    root = tmp_path / "logs"
+    for i, kernel in enumerate([1, 3, 7, 15, 31]):
+        _fake_run(root / f"k{i}", "conformer_esc50", "ESC50", correct=5 + i % 3, sweep={"kernel_size": str(kernel)})
+    _fake_run(root / "one_epoch", "lora_gsc", "Google-speech-commands", correct=5, overrides=["--number_of_epochs=1"])
+    runs = report.load_runs([str(root)])
+    fig = report.sweep_figure(runs, ("kernel_size",), lambda r: int(r["sweep"]["kernel_size"]), "kernel size")
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "3", "7", "15", "31"]
+    curves = report.curves_figure(next(r for r in runs if r["folder"].endswith("one_epoch")))
+    for ax in curves.axes:
+        low, high = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if low <= t <= high]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    # one epoch overridden from the recipe's: flagged in Table 1
+    tables = report.tables(runs)
+    row = next(line for line in tables.splitlines() if line.startswith("| lora |"))
+    assert "⚠1" in row and "number_of_epochs=1 (recipe: " in tables

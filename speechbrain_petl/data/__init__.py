@@ -2,10 +2,12 @@
 (:mod:`speechbrain_petl.data.audio`) and the building blocks of the dataset
 preparation scripts (:mod:`speechbrain_petl.data.prepare`)."""
 
-from speechbrain_petl.data.audio import ClipReport, inspect_clip, load_audio
+from speechbrain_petl.data.audio import AudioFileError, ClipReport, inspect_clip, load_audio
 from speechbrain_petl.data.prepare import (
     BAD_CLIPS_LOG,
+    CLIPS_RECORD,
     SETTINGS_FILE,
+    clip_stats,
     assign_folds,
     fold_splits,
     check_save_folder,
@@ -20,9 +22,12 @@ from speechbrain_petl.data.prepare import (
 )
 
 __all__ = [
+    "AudioFileError",
     "BAD_CLIPS_LOG",
+    "CLIPS_RECORD",
     "SETTINGS_FILE",
     "ClipReport",
+    "clip_stats",
     "assign_folds",
     "fold_splits",
     "check_save_folder",

@@ -25,6 +25,12 @@ logger = logging.getLogger(__name__)
 DECODE_ERRORS = (sf.SoundFileError,)
 
 
+class AudioFileError(RuntimeError):
+    """A clip that cannot be read; the message names the file. Unlike
+    soundfile's own errors it survives the trip from a DataLoader worker to
+    the main process with its message intact."""
+
+
 def load_audio(path, sample_rate=16000):
     """Loads a clip as a mono float32 waveform at ``sample_rate``.
 
@@ -47,8 +53,9 @@ def load_audio(path, sample_rate=16000):
 
     Raises
     ------
-    soundfile.LibsndfileError
-        If the file is missing or cannot be decoded (the message names it).
+    AudioFileError
+        If the file is missing or cannot be decoded; the message names it
+        (and says that the manifests may be stale).
 
     Example
     -------
@@ -60,10 +67,22 @@ def load_audio(path, sample_rate=16000):
     (torch.Size([16000]), torch.float32)
     >>> round(float(wav[8000]), 3)
     0.25
+    >>> _ = (path.parent / "broken.wav").write_bytes(b"RIFF....")
+    >>> load_audio(path.parent / "broken.wav")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    speechbrain_petl.data.audio.AudioFileError: cannot read audio file .../broken.wav: ...
     """
-    data, file_rate = sf.read(
-        os.fspath(path), dtype="float32", always_2d=True
-    )
+    try:
+        data, file_rate = sf.read(
+            os.fspath(path), dtype="float32", always_2d=True
+        )
+    except DECODE_ERRORS as err:
+        raise AudioFileError(
+            f"cannot read audio file {os.fspath(path)}: {err}. If it was fine "
+            "when the dataset was prepared, it changed since: prepare again "
+            "(skip_prep: False), which re-checks changed clips."
+        ) from None
     # (frames, channels) -> (frames,)
     if data.shape[1] == 1:
         mono = data[:, 0]

@@ -13,6 +13,26 @@ import speechbrain as sb
 
 from speechbrain_petl.data.audio import load_audio
 
+
+def default_num_workers(cap=4):
+    """DataLoader workers for this machine: the CPUs this process may use
+    (its affinity, what DataLoader's own warning counts), at most ``cap``.
+    The recipes' ``num_workers`` default; override with ``--num_workers=N``.
+
+    Example
+    -------
+    >>> 1 <= default_num_workers() <= 4
+    True
+    >>> default_num_workers(cap=1)
+    1
+    """
+    if hasattr(os, "sched_getaffinity"):
+        cpus = len(os.sched_getaffinity(0))
+    else:  # macOS, Windows
+        cpus = os.cpu_count() or 1
+    return max(1, min(cap, cpus))
+
+
 def read_labels(csv_path):
     """The set of labels in a manifest's ``label`` column."""
     with open(csv_path, newline="") as fin:

@@ -6,7 +6,8 @@ Every recipe's ``*_prepare.py`` follows the same steps:
    fail early, naming the exact file that is missing and what the dataset's
    layout should look like;
 2. :func:`preparation_is_current`: skip when the stored settings equal the
-   current ones and every output exists; otherwise
+   current ones, every output exists and no clip changed on disk since it
+   was checked (size and modification time, :data:`CLIPS_RECORD`); otherwise
    :func:`invalidate_preparation` before writing anything;
 3. :func:`filter_bad_clips`: decode every clip, drop (and report) the ones
    that cannot be used;
@@ -28,10 +29,13 @@ import csv
 import io
 import json
 import logging
+import math
 import numbers
 import os
 import random
 import tempfile
+
+from tqdm import tqdm
 
 from speechbrain_petl.data.audio import inspect_clip
 
@@ -39,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 SETTINGS_FILE = "preparation_settings.json"
 BAD_CLIPS_LOG = "bad_clips.log"
+#: Size and modification time of every clip when it was checked.
+CLIPS_RECORD = "prepared_clips.json"
 FEW_SHOT_SAMPLINGS = ("first", "random")
 
 
@@ -164,13 +170,51 @@ def _atomic_write_text(path, text):
         raise
 
 
-def preparation_is_current(save_folder, settings, outputs):
+def clip_stats(paths):
+    """``{path: [size in bytes, modification time in ns]}`` (None for a
+    missing file): what :func:`preparation_is_current` compares to notice a
+    clip that changed after it was checked.
+
+    Example
+    -------
+    >>> path = getfixture("tmp_path") / "a.wav"
+    >>> _ = path.write_bytes(b"1234")
+    >>> clip_stats([str(path), str(path) + ".gone"])[str(path) + ".gone"] is None
+    True
+    """
+    stats = {}
+    for path in paths:
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError:
+            stats[path] = None
+            continue
+        stats[path] = [stat.st_size, stat.st_mtime_ns]
+    return stats
+
+
+def _changed_clips(record):
+    try:
+        with open(record, encoding="utf-8") as f:
+            stored = json.load(f)
+    except (OSError, ValueError) as err:
+        return [f"{record} cannot be read ({err})"]
+    if not isinstance(stored, dict):
+        return [f"{record} does not hold a dict of clips"]
+    current = clip_stats(list(stored))
+    return [path for path, stat in stored.items() if current[path] != stat]
+
+
+def preparation_is_current(save_folder, settings, outputs, clips_record=None):
     """Whether a previous preparation can be reused.
 
     True only when ``save_folder`` holds a settings record equal to
-    ``settings`` (see :func:`mark_prepared`) and every file of ``outputs``
-    exists. Otherwise logs why the preparation has to be redone (no record,
-    which setting changed, which output is missing) and returns False.
+    ``settings`` (see :func:`mark_prepared`), every file of ``outputs``
+    exists and, when ``clips_record`` is given (a file of
+    :func:`clip_stats`, relative to ``save_folder``), no clip's size or
+    modification time changed since it was checked. Otherwise logs why the
+    preparation has to be redone (no record, which setting changed, which
+    output is missing, which clip changed) and returns False.
 
     Arguments
     ---------
@@ -180,6 +224,8 @@ def preparation_is_current(save_folder, settings, outputs):
         JSON-serialisable settings of the current call.
     outputs : list of str
         Output files, relative to ``save_folder`` (or absolute).
+    clips_record : str, optional
+        File written from :func:`clip_stats` when the clips were checked.
 
     Returns
     -------
@@ -234,6 +280,20 @@ def preparation_is_current(save_folder, settings, outputs):
             save_folder,
         )
         return False
+    if clips_record is not None:
+        record = os.path.join(save_folder, clips_record)
+        if not os.path.isfile(record):
+            logger.info("%s missing; preparing again", record)
+            return False
+        changed = _changed_clips(record)
+        if changed:
+            logger.info(
+                "%d clip(s) changed on disk since they were checked (size or "
+                "modification time), e.g. %s; preparing again",
+                len(changed),
+                changed[0],
+            )
+            return False
     logger.info(
         "%s is already prepared with the same settings; skipping preparation",
         save_folder,
@@ -336,7 +396,15 @@ def filter_bad_clips(
     paths = [row[wav_key] for row in rows]
     logger.info("Checking %d clips (decoding each once)", len(paths))
     with concurrent.futures.ThreadPoolExecutor(max(1, num_workers)) as pool:
-        reports = list(pool.map(inspect_clip, paths, chunksize=64))
+        reports = list(
+            tqdm(
+                pool.map(inspect_clip, paths, chunksize=64),
+                total=len(paths),
+                desc="Checking clips",
+                unit="clip",
+                dynamic_ncols=True,
+            )
+        )
 
     good, bad = [], []
     for row, report in zip(rows, reports):
@@ -376,7 +444,9 @@ def filter_bad_clips(
             f"unusable, more than max_bad_fraction={max_bad_fraction}; the "
             f"dataset looks damaged (e.g. {examples}). The full list is in "
             f"{report_path}. Re-download/extract the dataset, or raise "
-            "max_bad_fraction to drop these clips anyway."
+            "max_bad_fraction (a top-level key of every recipe yaml, e.g. "
+            f"--max_bad_fraction={math.ceil(100 * fraction) / 100:g}) to "
+            "drop these clips anyway."
         )
     return good
 
@@ -627,7 +697,8 @@ def prepare_split_manifests(
        (which raises on a missing file or folder);
     2. returns None if :func:`preparation_is_current` (the settings are
        ``settings`` plus ``data_folder``, ``max_bad_fraction`` and the
-       few-shot options); otherwise
+       few-shot options, and no clip changed on disk since the last check:
+       :data:`CLIPS_RECORD`); otherwise
     3. calls ``read_clips(layout)``, :func:`invalidate_preparation`, and
        :func:`filter_bad_clips`; warns when valid.csv will be a copy of
        test.csv (the same clips, e.g. a protocol without a validation fold);
@@ -716,7 +787,7 @@ def prepare_split_manifests(
         "max_bad_fraction": max_bad_fraction,
         **few_shot_options,
     }
-    if preparation_is_current(save_folder, settings, MANIFESTS):
+    if preparation_is_current(save_folder, settings, MANIFESTS, CLIPS_RECORD):
         return None
 
     rows, splits_of = [], {}
@@ -735,6 +806,7 @@ def prepare_split_manifests(
         rows.append(row)
     os.makedirs(save_folder, exist_ok=True)
     invalidate_preparation(save_folder)
+    stats = clip_stats([row["wav"] for row in rows])  # before decoding: a later change is noticed
     good = filter_bad_clips(
         rows, save_folder, max_bad_fraction=max_bad_fraction
     )
@@ -775,6 +847,7 @@ def prepare_split_manifests(
         logger.info("%s %s%s: %d clips%s", dataset, split, note(split),
                     len(split_rows), summary)
         written[split] = split_rows
+    _atomic_write_text(os.path.join(save_folder, CLIPS_RECORD), json.dumps(stats) + "\n")
     mark_prepared(save_folder, settings)
     return written
 
