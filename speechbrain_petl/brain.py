@@ -139,6 +139,7 @@ class ClassificationBrain(sb.Brain):
         return [ind2lab.get(i, f"<unused output {i}>") for i in indices.tolist()]
 
     def on_stage_start(self, stage, epoch=None):
+        """Resets the stage's accuracy counts and statistics."""
         self.correct, self.seen = 0, 0
         if stage == sb.Stage.TRAIN and self._resumed_counts is not None:
             self.correct, self.seen = self._resumed_counts  # the epoch's batches before the restart
@@ -147,6 +148,7 @@ class ClassificationBrain(sb.Brain):
         self.probabilities = []
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
+        """Logs the stage's loss and accuracy; checkpoints after validation; writes test outputs."""
         if stage == sb.Stage.TRAIN and self._pending_random_states is not None:
             # resumed from a checkpoint taken after the epoch's last batch
             set_random_states(self._pending_random_states)
@@ -197,6 +199,7 @@ class ClassificationBrain(sb.Brain):
                 writer.writerow([clip, target, prediction, f"{score:.6g}"] + [f"{p:.6g}" for p in probs])
 
     def fit_batch(self, batch):
+        """SpeechBrain's training step, with the random states kept for exact resume."""
         if self._pending_random_states is not None:
             # After the resumed epoch's loader started (which draws a seed),
             # exactly where the interrupted run saved them.
@@ -235,10 +238,12 @@ class ClassificationBrain(sb.Brain):
             self._pending_random_states = saved["random_states"]
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
+        """Steps the per-step learning-rate schedule after each optimizer step."""
         if should_step and getattr(self, "lr_scheduler", None) is not None:
             self.lr_scheduler.step()
 
     def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+        """SpeechBrain's loader; remembers the number of training steps per epoch."""
         loader = super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
         if stage == sb.Stage.TRAIN:
             self.steps_per_epoch = len(loader)

@@ -53,6 +53,7 @@ def solve(count, target, low=1, high=1 << 16):
 
 
 def main(argv=None):
+    """Entry point of ``python -m speechbrain_petl.budget``."""
     parser = argparse.ArgumentParser(description="Solve a method's size for PETL parameter budgets.")
     parser.add_argument("hparams")
     parser.add_argument("--key", required=True, help="top-level yaml key to solve for")

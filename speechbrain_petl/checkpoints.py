@@ -101,6 +101,7 @@ class Checkpointer(sb_checkpoints.Checkpointer):
         )
 
     def save_checkpoint(self, meta={}, end_of_epoch=True, name=None, verbosity=logging.INFO):
+        """SpeechBrain's save, then the atomic rename of the metadata and the file record."""
         checkpoint = super().save_checkpoint(meta, end_of_epoch, name, verbosity)
         if checkpoint is not None:  # main process
             files = {

@@ -510,7 +510,9 @@ def run_card(output_folder, hparams):
 
 
 def main(argv):
-    """``python -m speechbrain_petl.export OUTPUT_FOLDER [DEST] [--backbone_source=...]``."""
+    """Entry point of ``python -m speechbrain_petl.export``.
+
+    ``python -m speechbrain_petl.export OUTPUT_FOLDER [DEST] [--backbone_source=...]``."""
     options = [a for a in argv if a.startswith("--")]
     positional = [a for a in argv if not a.startswith("--")]
     backbone_source = None

@@ -42,6 +42,7 @@ class PassThrough(torch.nn.Module):
     """
 
     def forward(self, x, *args, **kwargs):
+        """Returns ``x`` unchanged."""
         return x
 
 

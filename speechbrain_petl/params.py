@@ -106,7 +106,9 @@ def report(modules, out=None):
 
 
 def load_modules(argv):
-    """Parses ``HPARAMS.yaml --key=value ...`` and builds the yaml's modules."""
+    """Parses ``HPARAMS.yaml --key=value`` and builds the yaml's modules.
+
+    Parses ``HPARAMS.yaml --key=value ...`` and builds the yaml's modules."""
     hparams_file, _, overrides = sb.parse_arguments(argv)
     with open(hparams_file) as fin:
         text = fin.read()

@@ -26,7 +26,9 @@ logger = logging.getLogger(__name__)
 
 
 def setup_experiment(argv, script):
-    """SpeechBrain's prologue: parses ``hparams.yaml --key=value ...``, joins
+    """SpeechBrain's prologue, as every recipe's ``train.py`` begins.
+
+    Parses ``hparams.yaml --key=value`` arguments, joins
     the DDP process group when launched by ``torchrun`` (on a machine without
     CUDA: with the gloo backend on CPU unless ``--distributed_backend`` or
     ``--device`` say otherwise, see :func:`cpu_distributed_defaults`), loads the yaml and

@@ -172,9 +172,11 @@ def tables(runs):
     plain = [r for r in runs if not r["sweep"] and r["few_shot"] is None]
 
     def by_dataset(dataset):
+        """Selects the finished runs of ``dataset`` (all shots) per method."""
         return lambda m: _select(plain, method=m, dataset=dataset)
 
     def by_shots(dataset, shots):
+        """Selects the runs of ``dataset`` with ``shots`` examples per class."""
         return lambda m: _select(runs, method=m, dataset=dataset, few_shot=shots)
 
     table1 = [(d, by_dataset(d), d) for d in ("ESC50", "UrbanSound8k", "Google-speech-commands", "fluent-speech-commands")]
@@ -273,6 +275,7 @@ def curves_figure(run):
 
 
 def main(argv=None):
+    """Entry point of ``python -m speechbrain_petl.report``."""
     parser = argparse.ArgumentParser(description="Tables and figures from finished study runs.")
     parser.add_argument("roots", nargs="+")
     parser.add_argument("--output", required=True)

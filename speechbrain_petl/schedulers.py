@@ -49,6 +49,7 @@ def warmup_cosine(optimizer, total_steps, warmup_fraction=0.0, final_factor=0.0)
     warmup = int(round(warmup_fraction * total_steps))
 
     def factor(step):
+        """Learning-rate multiplier at optimizer step ``step``."""
         if step < warmup:
             return step / warmup
         progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))

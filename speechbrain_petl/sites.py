@@ -145,6 +145,7 @@ class _ParameterSite(Site, abc.ABC):
         owners[owner] = value
 
     def remove_owner(self, name: str):
+        """Removes the hooks and overrides of ``name`` (refused while it is folded)."""
         if self.folded_owners() & {name}:
             raise RuntimeError(f"'{name}' is merged into this site's weights; unmerge it first.")
         super().remove_owner(name)
@@ -153,6 +154,7 @@ class _ParameterSite(Site, abc.ABC):
         self._overrides = {k: v for k, v in self._overrides.items() if v}
 
     def owners(self):
+        """Names of the owners with hooks or overrides here."""
         return super().owners() | {o for owners in self._overrides.values() for o in owners}
 
     def check_overrides(self, active):
@@ -175,6 +177,7 @@ class _ParameterSite(Site, abc.ABC):
         return getattr(self.wrapped, name)
 
     def active_hooks(self):
+        """The hooks that run: neither skipped nor folded into the weights."""
         return [
             hook for name, hook in self._hooks.items()
             if name not in self._skipped and not self._is_folded(name)
@@ -238,17 +241,21 @@ class LinearSite(_ParameterSite):
 
     @property
     def wrapped(self):
+        """The frozen module this site runs."""
         return self.linear
 
     @property
     def in_features(self):
+        """Input width of the wrapped projection."""
         return self.linear.in_features
 
     @property
     def out_features(self):
+        """Output width of the wrapped projection."""
         return self.linear.out_features
 
     def forward(self, x):
+        """Runs the site on ``x`` (see the class docstring for the hooks' signature)."""
         y = F.linear(x, self.param("weight"), self.param("bias"))
         return self._run_hooks(x, y)
 
@@ -269,9 +276,11 @@ class NormSite(_ParameterSite):
 
     @property
     def wrapped(self):
+        """The frozen module this site runs."""
         return self.norm
 
     def forward(self, x):
+        """Runs the site on ``x`` (see the class docstring for the hooks' signature)."""
         y = F.layer_norm(
             x,
             self.norm.normalized_shape,
@@ -298,6 +307,7 @@ class SublayerSite(Site):
     """
 
     def forward(self, x, sublayer, mask=None):
+        """Runs the site on ``x`` (see the class docstring for the hooks' signature)."""
         y = sublayer(x, mask)
         for hook in self.active_hooks():
             y = hook(x, y, mask)
@@ -316,6 +326,7 @@ class TokenSite(Site):
     """
 
     def forward(self, x, mask=None):
+        """Runs the site on ``x`` (see the class docstring for the hooks' signature)."""
         for hook in self.active_hooks():
             x, mask = hook(x, mask)
         return x, mask
@@ -333,6 +344,7 @@ class KeyValueSite(Site):
     """
 
     def forward(self, keys, values, mask=None):
+        """Runs the site on ``x`` (see the class docstring for the hooks' signature)."""
         for hook in self.active_hooks():
             keys, values, mask = hook(keys, values, mask)
         return keys, values, mask

@@ -191,6 +191,7 @@ def summarize_runs(runs):
 
 
 def main(argv=None):
+    """Entry point of ``python -m speechbrain_petl.study``."""
     parser = argparse.ArgumentParser(
         description="Run a recipe yaml over folds, seeds and a sweep (resumable).",
         epilog="Other --key=value arguments are passed to every run as yaml overrides.",

@@ -265,6 +265,7 @@ def prepare_iemocap(
     held_out = fold_split(fold)
 
     def read_clips(release):
+        """One manifest row per kept utterance of the release."""
         return [
             (row, split_of(row["session"], row["gender"], fold))
             for row in _labelled_utterances(release)

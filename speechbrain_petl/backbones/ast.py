@@ -187,6 +187,7 @@ class AST(Backbone):
         return 1
 
     def architecture(self):
+        """Shape-defining settings: the base ones plus frames, mel bins and patching."""
         return {
             **super().architecture(),
             "max_frames": self.max_frames,
@@ -217,6 +218,7 @@ def sincos_position_embeddings(grid, width):
     freq, time = grid
 
     def encode(positions, channels):
+        """Sine-cosine codes ``(len(positions), channels)`` of integer positions."""
         rates = 1.0 / (10000 ** (torch.arange(channels // 2, dtype=torch.float64) / (channels // 2)))
         angles = positions.double()[:, None] * rates[None]
         return torch.cat([angles.sin(), angles.cos()], dim=1)

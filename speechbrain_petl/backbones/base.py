@@ -471,8 +471,9 @@ class Backbone(nn.Module, abc.ABC):
         torch.save(self.trained_state(), path)
 
     def trained_state(self):
-        """``{"fingerprint": ..., "state": ...}``: what a checkpoint or an
-        inference folder stores of this lobe (plain tensors and strings)."""
+        """What a checkpoint or an inference folder stores of this lobe:
+        ``{"fingerprint": <dict>, "state": <trainable tensors>}``, plain
+        tensors and strings only."""
         if self.merged:
             raise RuntimeError(
                 f"Methods {sorted(self.merged)} are merged into the frozen weights; "

@@ -115,6 +115,7 @@ class FeedForward(nn.Module):
         self.fc2 = LinearSite(fc2)
 
     def forward(self, x, mask=None):
+        """``x``: (batch, time, width); ``mask``: (batch, time) bool or None."""
         return self.fc2(self.dropout(self.activation(self.fc1(x))))
 
 
@@ -143,6 +144,7 @@ class PreNormBlock(_Block):
     """``h1 = h + MHSA(LN1 h)``; ``h2 = h1 + FFN(LN2 h1)`` (AST, ViT)."""
 
     def forward(self, x, mask=None):
+        """``x``: (batch, time, width); ``mask``: (batch, time) bool or None."""
         x, mask = self.tokens(x, mask)
         x = x + self.mhsa(self.mhsa_norm(x), self._attend, mask)
         x = x + self.ffn(self.ffn_norm(x), self._feed_forward, mask)
@@ -153,6 +155,7 @@ class PostNormBlock(_Block):
     """``h1 = LN1(h + MHSA h)``; ``h2 = LN2(h1 + FFN h1)`` (Wav2Vec2-base)."""
 
     def forward(self, x, mask=None):
+        """``x``: (batch, time, width); ``mask``: (batch, time) bool or None."""
         x, mask = self.tokens(x, mask)
         x = self.mhsa_norm(x + self.mhsa(x, self._attend, mask))
         x = self.ffn_norm(x + self.ffn(x, self._feed_forward, mask))

@@ -103,6 +103,7 @@ class Wav2Vec2(Backbone):
         return self.final_norm if self.pre_norm else self.layers[-1].ffn_norm
 
     def architecture(self):
+        """Shape-defining settings: the base ones plus the LayerNorm layout."""
         return {**super().architecture(), "pre_norm": self.pre_norm}
 
     def constructor_args(self):

@@ -86,12 +86,14 @@ def classification_datasets(hparams):
     @sb.utils.data_pipeline.takes("wav")
     @sb.utils.data_pipeline.provides("sig")
     def audio_pipeline(wav):
+        """Loads a clip at the recipe's rate, cropped to ``max_audio_samples``."""
         sig = load_audio(wav, sample_rate)
         return sig if max_samples is None else sig[:max_samples]
 
     @sb.utils.data_pipeline.takes("label")
     @sb.utils.data_pipeline.provides("label_encoded")
     def label_pipeline(label):
+        """Encodes a label as a tensor index."""
         return encoder.encode_label_torch(label)
 
     return {

@@ -812,6 +812,7 @@ def prepare_split_manifests(
     )
 
     def note(split):
+        """Notes a split's bad clips for the report."""
         return f" ({split_notes[split]})" if split_notes else ""
 
     valid_ids, test_ids = (

@@ -55,6 +55,7 @@ class BottleneckAdapter(nn.Module):
         nn.init.zeros_(self.up.bias)
 
     def forward(self, x, mask=None):
+        """``x``: (batch, time, width) -> the adapter's correction, same shape."""
         return self.up(self.activation(self.down(x)))
 
 
@@ -169,6 +170,7 @@ class Adapters(PETLMethod):
                     norm.override(name)
 
     def constructor_args(self):
+        """The arguments that rebuild this method (for export)."""
         return {
             **super().constructor_args(),
             "block": self.block,

@@ -22,6 +22,7 @@ class LinearProbing(PETLMethod):
         super().__init__(layers=None)
 
     def constructor_args(self):
+        """No arguments: linear probing has none."""
         return {}
 
     def _attach(self, backbone, name):

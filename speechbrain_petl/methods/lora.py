@@ -44,6 +44,7 @@ class LowRankUpdate(nn.Module):
         nn.init.zeros_(self.up.weight)
 
     def forward(self, x):
+        """``scaling * B A x`` for ``x`` whose last dimension is ``in_features``."""
         return self.up(self.down(self.dropout(x))) * self.scaling
 
     def delta_weight(self):
@@ -108,6 +109,7 @@ class LoRA(PETLMethod):
         self.dropout = dropout
 
     def constructor_args(self):
+        """The arguments that rebuild this method (for export)."""
         return {
             **super().constructor_args(),
             "rank": self.rank,

@@ -49,6 +49,7 @@ class PrefixTuning(PETLMethod):
         self.init_std = init_std
 
     def constructor_args(self):
+        """The arguments that rebuild this method (for export)."""
         return {**super().constructor_args(), "length": self.length, "init_std": self.init_std}
 
     def _attach(self, backbone, name):

@@ -65,6 +65,7 @@ class PromptTuning(PETLMethod):
         self.num_special_tokens = 0
 
     def constructor_args(self):
+        """The arguments that rebuild this method (for export)."""
         return {
             **super().constructor_args(),
             "length": self.length,
