@@ -24,7 +24,7 @@ import torch
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.inference.classifiers import EncoderClassifier
 
-from speechbrain_petl.data.audio import DECODE_ERRORS, load_audio
+from speechbrain_petl.data.audio import AudioFileError, load_audio
 
 #: The files an inference folder must hold.
 INFERENCE_FILES = ("hyperparams.yaml", "embedding_model.ckpt", "head.ckpt", "label_encoder.txt")
@@ -218,8 +218,8 @@ class AudioClassifier(EncoderClassifier):
             raise FileNotFoundError(f"No audio file at {path}")
         try:
             wav = load_audio(path, self.sample_rate)
-        except DECODE_ERRORS as err:
-            raise ValueError(f"{path} is not an audio file libsndfile can decode ({err})") from None
+        except AudioFileError as err:
+            raise ValueError(f"{path} is not an audio file libsndfile can decode ({err.reason})") from None
         self._check_clip(wav, path)
         max_samples = getattr(self.hparams, "max_audio_samples", None)
         if max_samples is not None:

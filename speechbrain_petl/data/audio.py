@@ -28,7 +28,21 @@ DECODE_ERRORS = (sf.SoundFileError,)
 class AudioFileError(RuntimeError):
     """A clip that cannot be read; the message names the file. Unlike
     soundfile's own errors it survives the trip from a DataLoader worker to
-    the main process with its message intact."""
+    the main process with its message intact.
+
+    Arguments
+    ---------
+    message : str
+        The whole message (PyTorch rebuilds a worker's exception from it alone).
+    path : str, optional
+        The file.
+    reason : str, optional
+        What libsndfile said.
+    """
+
+    def __init__(self, message, path=None, reason=None):
+        super().__init__(message)
+        self.path, self.reason = path, reason
 
 
 def load_audio(path, sample_rate=16000):
@@ -78,11 +92,8 @@ def load_audio(path, sample_rate=16000):
             os.fspath(path), dtype="float32", always_2d=True
         )
     except DECODE_ERRORS as err:
-        raise AudioFileError(
-            f"cannot read audio file {os.fspath(path)}: {err}. If it was fine "
-            "when the dataset was prepared, it changed since: prepare again "
-            "(skip_prep: False), which re-checks changed clips."
-        ) from None
+        path = os.fspath(path)
+        raise AudioFileError(f"cannot read audio file {path}: {err}", path, str(err)) from None
     # (frames, channels) -> (frames,)
     if data.shape[1] == 1:
         mono = data[:, 0]

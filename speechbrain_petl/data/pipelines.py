@@ -11,7 +11,13 @@ import os
 
 import speechbrain as sb
 
-from speechbrain_petl.data.audio import load_audio
+from speechbrain_petl.data.audio import AudioFileError, load_audio
+
+#: What to do when a prepared clip can no longer be read.
+PREPARED_CLIP_CHANGED = (
+    "If it was fine when the dataset was prepared, it changed since: prepare again "
+    "(skip_prep: False), which re-checks changed clips"
+)
 
 
 def default_num_workers(cap=4):
@@ -87,7 +93,10 @@ def classification_datasets(hparams):
     @sb.utils.data_pipeline.provides("sig")
     def audio_pipeline(wav):
         """Loads a clip at the recipe's rate, cropped to ``max_audio_samples``."""
-        sig = load_audio(wav, sample_rate)
+        try:
+            sig = load_audio(wav, sample_rate)
+        except AudioFileError as err:
+            raise AudioFileError(f"{err}. {PREPARED_CLIP_CHANGED}", err.path, err.reason) from None
         return sig if max_samples is None else sig[:max_samples]
 
     @sb.utils.data_pipeline.takes("label")
