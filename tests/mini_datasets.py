@@ -91,6 +91,7 @@ def make_speech_commands(
     seed=0,
     valid_per_word=None,
     test_per_word=None,
+    seconds=1.0,
 ):
     """Writes a miniature Speech Commands v0.02 under ``root``.
 
@@ -118,6 +119,9 @@ def make_speech_commands(
     valid_per_word, test_per_word : int, optional
         Clips per word in the validation/test lists (default:
         ``max(1, round(0.1 * clips_per_word))`` each).
+    seconds : float
+        Longest clip (the real clips are at most 1 s); shorter values make
+        small samples to commit.
 
     Returns
     -------
@@ -152,7 +156,8 @@ def make_speech_commands(
         for j, speaker in enumerate(speakers):
             name = f"{speaker}_nohash_{j % 2}.wav"
             full = rng.random() < 0.7
-            samples = GSC_RATE if full else int(rng.integers(8000, GSC_RATE))
+            longest = int(seconds * GSC_RATE)
+            samples = longest if full else int(rng.integers(longest // 2, longest))
             audio = _tone(rng, gsc_frequency(word), samples, GSC_RATE)
             sf.write(root / word / name, audio, GSC_RATE, subtype="PCM_16")
             if n_train <= j < n_train + n_valid:
@@ -162,7 +167,7 @@ def make_speech_commands(
 
     noise = root / "_background_noise_"
     noise.mkdir(exist_ok=True)
-    white = 0.1 * rng.standard_normal(2 * GSC_RATE)
+    white = 0.1 * rng.standard_normal(int(2 * seconds * GSC_RATE))
     sf.write(noise / "white_noise.wav", white, GSC_RATE, subtype="PCM_16")
     (noise / "README.md").write_text("Background noise recordings.\n")
     (root / "validation_list.txt").write_text(
@@ -198,6 +203,8 @@ def make_esc50(root, classes=None, clips_per_class=10, seed=0, seconds=ESC50_SEC
         A multiple of 5 (the real dataset has 40).
     seed : int
         Seed of the generated audio and source ids.
+    seconds : float
+        Length of every clip (the real ones: 5 s); the sound fills 1/5 to all of it.
 
     Returns
     -------
@@ -384,6 +391,8 @@ def make_urbansound8k(root, classes=None, clips_per_class=10, seed=0, seconds=US
         A positive multiple of 10 (the real dataset has about 870).
     seed : int
         Seed of the generated audio and ids.
+    seconds : float
+        Length of the full-length clips (the real ones: 4 s); short clips scale with it.
 
     Returns
     -------
@@ -711,6 +720,8 @@ def make_iemocap(root, dialogs_per_session=2, turns_per_dialog=10, seed=0, turn_
         Utterances per dialog, alternately by the F and M actor.
     seed : int
         Seed of the generated audio.
+    turn_seconds : tuple of float
+        Range of the utterances' durations.
 
     Returns
     -------
