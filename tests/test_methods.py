@@ -22,6 +22,7 @@ from speechbrain_petl.methods import (
     PrefixTuning,
     PromptTuning,
 )
+from speechbrain_petl.methods.masked_batch_norm import MaskedBatchNorm1d
 from method_zoo import ALL_METHODS, IDENTITY_AT_INIT, bottleneck, conformer, perturb_petl_
 from tiny import save_tiny_ast
 
@@ -350,7 +351,7 @@ def test_even_kernel_keeps_sequence_length():
 
 # ------------------------------------------------ Conformer BatchNorm padding
 def _batch_norms(module):
-    return [m for m in module.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    return [m for m in module.modules() if isinstance(m, (torch.nn.BatchNorm1d, MaskedBatchNorm1d))]
 
 
 def _running_stats(module):
@@ -402,8 +403,6 @@ def test_conformer_batch_norm_trains_on_real_frames_only(kernel_size):
 def test_conformer_batch_norm_keeps_torch_semantics_and_state():
     """Without padding it is torch's BatchNorm1d (outputs, running statistics
     with a momentum or a cumulative average, gradients); same state_dict keys."""
-    from speechbrain_petl.methods.masked_batch_norm import MaskedBatchNorm1d
-
     torch.manual_seed(0)
     for momentum in (0.1, None):
         ours, torch_bn = MaskedBatchNorm1d(3, momentum=momentum), torch.nn.BatchNorm1d(3, momentum=momentum)
@@ -446,3 +445,45 @@ def test_conformer_batch_norm_ignores_padding_in_the_wav2vec2_lobe(tiny_w2v2_dir
         alone = twin(clips)
     _assert_same_stats(_running_stats(lobe), _running_stats(twin))
     torch.testing.assert_close(batched, alone, rtol=1e-4, atol=1e-5)
+
+
+def test_conformer_batch_norm_syncs_real_frames_across_processes(tmp_path):
+    """Two gloo processes, each with its own padded batch, normalise with the
+    statistics of all their real frames (as SyncBatchNorm over all frames),
+    which equal one process's on the real frames put together; SpeechBrain's
+    SyncBatchNorm conversion leaves the masked norm in place."""
+    import socket
+
+    import torch.multiprocessing as mp
+    from masked_bn_worker import run_rank
+
+    torch.manual_seed(0)
+    lengths = [[9, 4], [6, 7]]  # per process, per clip
+    batches = []
+    for clip_lengths in lengths:
+        x = torch.randn(2, 3, 9) * 2 + 1
+        mask = torch.arange(9)[None, :] < torch.tensor(clip_lengths)[:, None]
+        batches.append((x.masked_fill(~mask.unsqueeze(1), 100.0), mask))  # loud padding
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(run_rank, args=(port, batches, str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+
+    torch.manual_seed(0)
+    alone = MaskedBatchNorm1d(3)
+    torch.nn.init.normal_(alone.weight)
+    frames = torch.cat([x[i, :, :n] for (x, _), ns in zip(batches, lengths) for i, n in enumerate(ns)], dim=1)
+    frames.requires_grad_()
+    out = alone(frames.unsqueeze(0))
+    out.square().sum().backward()
+    for rank in ranks:
+        torch.testing.assert_close(rank["running_mean"], alone.running_mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(rank["running_var"], alone.running_var, rtol=1e-5, atol=1e-6)
+    real = [rank["out"][i, :, :n] for rank, ns in zip(ranks, lengths) for i, n in enumerate(ns)]
+    torch.testing.assert_close(torch.cat(real, dim=1), out[0].detach(), rtol=1e-5, atol=1e-5)
+    # gradients flow back through the shared statistics to every process's frames
+    grads = [rank["x_grad"][i, :, :n] for rank, ns in zip(ranks, lengths) for i, n in enumerate(ns)]
+    torch.testing.assert_close(torch.cat(grads, dim=1), frames.grad, rtol=1e-4, atol=1e-5)
+    adapter = torch.nn.SyncBatchNorm.convert_sync_batchnorm(ConformerAdapter(16, bottleneck=4, kernel_size=3))
+    assert type(adapter.batch_norm) is MaskedBatchNorm1d

@@ -1,10 +1,12 @@
 """Batch normalisation over the real frames of a padded batch only."""
 
 import torch
+import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 
 
-class MaskedBatchNorm1d(nn.BatchNorm1d):
+class MaskedBatchNorm1d(nn.Module):
     """:class:`torch.nn.BatchNorm1d` whose training statistics ignore padding.
 
     With a ``mask`` (batch, time) of real frames, training-mode statistics
@@ -12,10 +14,23 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
     real frames only: a padded batch gives the statistics and outputs of the
     same clips without padding. Running statistics follow
     :class:`torch.nn.BatchNorm1d`'s rules (``momentum``, or a cumulative
-    average when ``momentum`` is None; unbiased running variance). Without a
-    mask, or when normalising with running statistics (eval mode), it *is*
-    :class:`torch.nn.BatchNorm1d`; parameters and buffers are the same, so
-    are checkpoints.
+    average when ``momentum`` is None; unbiased running variance); in eval
+    mode it normalises with them, as :class:`torch.nn.BatchNorm1d` does.
+    Parameters and buffers have BatchNorm1d's names, so checkpoints and
+    parameter counts are the same.
+
+    In a distributed run (an initialised process group of more than one
+    process) training statistics are taken over the real frames of all
+    processes, as :class:`torch.nn.SyncBatchNorm` does over all frames. It
+    is deliberately no subclass of BatchNorm: SpeechBrain's DDP wrapping
+    would replace it by a SyncBatchNorm, which counts padding.
+
+    Arguments
+    ---------
+    num_features : int
+        Channels.
+    eps, momentum, affine, track_running_stats
+        As :class:`torch.nn.BatchNorm1d`.
 
     Example
     -------
@@ -27,28 +42,60 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
     [0.4000000059604645, 0.4000000059604645]
     """
 
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True):
+        super().__init__()
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.affine, self.track_running_stats = affine, track_running_stats
+        if affine:
+            self.weight = nn.Parameter(torch.ones(num_features))
+            self.bias = nn.Parameter(torch.zeros(num_features))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        if track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(num_features))
+            self.register_buffer("running_var", torch.ones(num_features))
+            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+
+    def extra_repr(self):
+        """As BatchNorm1d's."""
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+            f"track_running_stats={self.track_running_stats}"
+        )
+
     def forward(self, x, mask=None):
         """``x``: (batch, channels, time); ``mask``: (batch, time) bool, True
-        on real frames, or None."""
-        batch_stats = self.training or self.running_mean is None
-        if mask is None or not batch_stats:
-            return super().forward(x)
-        if x.dim() != 3 or mask.shape != (x.shape[0], x.shape[2]):
+        on real frames, or None (every frame is real)."""
+        if x.dim() != 3 or x.shape[1] != self.num_features:
             raise ValueError(
-                f"MaskedBatchNorm1d: expected x (batch, channels, time) and mask (batch, time), "
-                f"got x {tuple(x.shape)} and mask {tuple(mask.shape)}"
+                f"MaskedBatchNorm1d: expected x (batch, {self.num_features}, time), got {tuple(x.shape)}"
+            )
+        if not (self.training or self.running_mean is None):
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        if mask is None:
+            mask = torch.ones(x.shape[0], x.shape[2], dtype=torch.bool, device=x.device)
+        if mask.shape != (x.shape[0], x.shape[2]):
+            raise ValueError(
+                f"MaskedBatchNorm1d: expected mask (batch, time) = {(x.shape[0], x.shape[2])}, got {tuple(mask.shape)}"
             )
         real = mask.unsqueeze(1).to(x.dtype)  # (batch, 1, time)
-        count = real.sum()
+        sums = _sum_over_processes(torch.cat([real.sum().reshape(1), (x * real).sum(dim=(0, 2))]))
+        count, total = sums[0], sums[1:]
         if count < 2:
             raise ValueError(
                 f"MaskedBatchNorm1d: expected more than 1 real frame per channel when training, got {int(count)}"
             )
-        mean = (x * real).sum(dim=(0, 2)) / count
-        var = (((x - mean[None, :, None]) * real) ** 2).sum(dim=(0, 2)) / count
+        mean = total / count
+        centred = x - mean[None, :, None]
+        var = _sum_over_processes((centred.square() * real).sum(dim=(0, 2))) / count
         if self.training and self.track_running_stats:
             self._update_running_stats(mean, var, count)
-        out = (x - mean[None, :, None]) * torch.rsqrt(var + self.eps)[None, :, None]
+        out = centred * torch.rsqrt(var + self.eps)[None, :, None]
         if self.affine:
             out = out * self.weight[None, :, None] + self.bias[None, :, None]
         return out
@@ -61,3 +108,13 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
         with torch.no_grad():
             self.running_mean.mul_(1 - factor).add_(factor * mean.detach())
             self.running_var.mul_(1 - factor).add_(factor * var.detach() * count / (count - 1))
+
+
+def _sum_over_processes(values):
+    """``values`` summed over the processes of a distributed run (gradients
+    flow back to every process), or as they are in a single process."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        from torch.distributed.nn.functional import all_reduce
+
+        values = all_reduce(values)
+    return values
