@@ -425,6 +425,20 @@ def test_conformer_batch_norm_keeps_torch_semantics_and_state():
         MaskedBatchNorm1d(3)(torch.randn(2, 3, 4), torch.tensor([[True, False, False, False]] + [[False] * 4]))
 
 
+def test_conformer_batch_norm_takes_half_precision_statistics_in_float32():
+    """Under bf16 autocast the statistics are those of the bf16 activations
+    computed in float32, and the output is bf16, as from torch's BatchNorm."""
+    torch.manual_seed(0)
+    x = (torch.randn(4, 3, 50) * 3 + 100).bfloat16()
+    mask = torch.ones(4, 50, dtype=torch.bool)
+    ours, torch_bn = MaskedBatchNorm1d(3), torch.nn.BatchNorm1d(3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, expected = ours(x, mask), torch_bn(x)
+    assert out.dtype == expected.dtype == torch.bfloat16
+    _assert_same_stats(_running_stats(ours), _running_stats(torch_bn))
+    torch.testing.assert_close(out.float(), expected.float(), rtol=0, atol=2e-2)  # bf16 rounding
+
+
 def test_conformer_batch_norm_ignores_padding_in_the_wav2vec2_lobe(tiny_w2v2_dir):
     """Two clips of one length, padded or not: the adapters' BatchNorms (in
     training mode) keep the same statistics and give the same embeddings."""

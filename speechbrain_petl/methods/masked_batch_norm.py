@@ -17,7 +17,8 @@ class MaskedBatchNorm1d(nn.Module):
     average when ``momentum`` is None; unbiased running variance); in eval
     mode it normalises with them, as :class:`torch.nn.BatchNorm1d` does.
     Parameters and buffers have BatchNorm1d's names, so checkpoints and
-    parameter counts are the same.
+    parameter counts are the same. Half-precision inputs get float32
+    statistics and an output of their own precision, as from BatchNorm1d.
 
     In a distributed run (an initialised process group of more than one
     process) training statistics are taken over the real frames of all
@@ -75,8 +76,12 @@ class MaskedBatchNorm1d(nn.Module):
             raise ValueError(
                 f"MaskedBatchNorm1d: expected x (batch, {self.num_features}, time), got {tuple(x.shape)}"
             )
+        dtype = x.dtype
+        if dtype in (torch.float16, torch.bfloat16):  # statistics in float32, as BatchNorm's kernels
+            x = x.float()
         if not (self.training or self.running_mean is None):
-            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+            out = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+            return out.to(dtype)
         if mask is None:
             mask = torch.ones(x.shape[0], x.shape[2], dtype=torch.bool, device=x.device)
         if mask.shape != (x.shape[0], x.shape[2]):
@@ -98,7 +103,7 @@ class MaskedBatchNorm1d(nn.Module):
         out = centred * torch.rsqrt(var + self.eps)[None, :, None]
         if self.affine:
             out = out * self.weight[None, :, None] + self.bias[None, :, None]
-        return out
+        return out.to(dtype)
 
     def _update_running_stats(self, mean, var, count):
         """As :class:`torch.nn.BatchNorm1d`: ``momentum`` or a cumulative
