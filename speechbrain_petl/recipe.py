@@ -8,7 +8,6 @@ A recipe's ``train.py`` reads::
 """
 
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -21,6 +20,7 @@ from speechbrain_petl.brain import ClassificationBrain
 from speechbrain_petl.data.pipelines import classification_datasets
 from speechbrain_petl.export import run_card, write_inference_folder
 from speechbrain_petl.params import summarize
+from speechbrain_petl.run_record import mark_finished, write_record
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,9 @@ def train_and_test(hparams, run_opts):
     """Builds the datasets from the prepared manifests, trains (resuming from
     the latest checkpoint if any), tests the best checkpoint by validation
     accuracy, and writes it as ``<output_folder>/inference`` (see
-    :mod:`speechbrain_petl.export`). Returns the Brain."""
+    :mod:`speechbrain_petl.export`). The run's ``params.json`` records its
+    dataset, method and parameter counts, and ``finished: true`` once all
+    this is done (see :mod:`speechbrain_petl.run_record`). Returns the Brain."""
     datasets = classification_datasets(hparams)
     brain = ClassificationBrain(
         modules=hparams["modules"],
@@ -122,9 +124,10 @@ def train_and_test(hparams, run_opts):
         run_opts=run_opts,
         checkpointer=hparams["checkpointer"],
     )
-    if sb.utils.distributed.if_main_process():
-        with open(os.path.join(hparams["output_folder"], "params.json"), "w") as fout:
-            json.dump(summarize(dict(hparams["modules"])), fout)
+    if sb.utils.distributed.if_main_process():  # what the run is; finished once tested (see run_record)
+        record = dict(summarize(dict(hparams["modules"])), finished=False)
+        record.update(dataset=hparams.get("dataset"), method=hparams.get("method"))
+        write_record(hparams["output_folder"], record)
     brain.fit(
         hparams["epoch_counter"],
         datasets["train"],
@@ -139,6 +142,7 @@ def train_and_test(hparams, run_opts):
     )
     if sb.utils.distributed.if_main_process():
         write_inference(brain, hparams)
+        mark_finished(hparams["output_folder"])
     return brain
 
 

@@ -19,8 +19,12 @@ Reads every run folder written by :mod:`speechbrain_petl.study` (a
   sweeps were run;
 * ``curves/<yaml>/<point>/<run>.png``: accuracy and loss per epoch of each run.
 
-Accuracies are recomputed from each run's ``test_predictions.csv``;
-parameter counts come from the ``params.json`` every recipe run writes.
+Accuracies are recomputed from each run's ``test_predictions.csv``; the
+run's dataset, method, parameter counts and whether it finished come from
+the ``params.json`` every recipe run writes (see
+:mod:`speechbrain_petl.run_record`), never from folder or file names; runs
+made before these were recorded are read as well as they can be, with a
+note (see :func:`run_kind`).
 """
 
 import argparse
@@ -31,6 +35,7 @@ import statistics
 
 from speechbrain_petl.paper import SUFFIXES, TABLE1, TABLE2, TABLE3, paper_accuracy
 from speechbrain_petl.results import is_finished, test_accuracy, training_curves
+from speechbrain_petl.run_record import read_record
 
 BUDGET_KEYS = ("adapter_bottleneck", "lora_rank", "prompt_length", "prefix_length")
 #: Settings whose change makes a run incomparable to the paper.
@@ -75,25 +80,33 @@ def deviations(run, overrides, ignore=()):
     return found
 
 
-def load_runs(roots):
-    """One record per run folder (``run.json``) found under ``roots``."""
+def load_runs(roots, notes=None):
+    """One record per run folder (``run.json``) found under ``roots``.
+
+    A run's dataset and method are those its ``params.json`` recorded (or,
+    for a run that has not written it yet, those its ``run.json`` planned);
+    see :func:`run_kind`. A run that recorded neither is left out, and
+    ``notes`` (a list, extended here; default: printed) says why.
+    """
     runs = []
+    said = [] if notes is None else notes
     for root in roots:
         for folder, _, files in sorted(os.walk(root)):
             if "run.json" not in files:
                 continue
             with open(os.path.join(folder, "run.json")) as fin:
                 run = json.load(fin)
-            # recipes/<Dataset>/<Task>/hparams/<yaml>: SpeechBrain's layout
-            dataset = os.path.basename(os.path.dirname(os.path.dirname(os.path.dirname(run["hparams"]))))
-            suffix = "_" + SUFFIXES.get(dataset, "")
-            method = run["yaml"][: -len(suffix)] if run["yaml"].endswith(suffix) else run["yaml"]
+            record = read_record(folder)
+            dataset, method, note = run_kind(run, record, folder)
+            if note:
+                said.append(note)
+            if dataset is None:
+                continue
             overrides = dict(
                 arg[2:].split("=", 1) for arg in run["overrides"] if arg.startswith("--") and "=" in arg
             )
             finished = is_finished(folder)
             run["deviations"] = deviations(run, overrides, ignore=("few_shot",))
-            params_file = os.path.join(folder, "params.json")
             run.update(
                 folder=folder,
                 dataset=dataset,
@@ -101,10 +114,44 @@ def load_runs(roots):
                 few_shot=int(overrides["few_shot"]) if overrides.get("few_shot", "null") != "null" else None,
                 finished=finished,
                 accuracy=test_accuracy(folder)[0] if finished else None,
-                params=json.load(open(params_file)) if os.path.isfile(params_file) else None,
+                params=record,
             )
             runs.append(run)
+    if notes is None:
+        for note in said:
+            print(note)
     return runs
+
+
+def run_kind(run, record, folder):
+    """(dataset, method, note) of a run: from its ``params.json`` record,
+    else from its ``run.json``; a run made before they were recorded gets
+    them from its yaml's name (``<method>_<suffix>.yaml``), and the note
+    says so. (None, None, note) when nothing tells.
+
+    Example
+    -------
+    >>> run_kind({"yaml": "x"}, {"dataset": "ESC50", "method": "lora"}, "f")
+    ('ESC50', 'lora', None)
+    >>> run_kind({"yaml": "lora_esc50"}, None, "f")[:2]
+    ('ESC50', 'lora')
+    >>> run_kind({"yaml": "my_run"}, None, "f")[2]
+    "Skipped f: neither its params.json nor its run.json records a dataset and a method, and its yaml's name 'my_run' is no recipe's (<method>_<suffix>.yaml)"
+    """
+    for source in (record or {}, run):
+        if source.get("dataset") and source.get("method"):
+            return source["dataset"], source["method"], None
+    for dataset, suffix in SUFFIXES.items():
+        if run["yaml"].endswith("_" + suffix):
+            method = run["yaml"][: -len(suffix) - 1]
+            return dataset, method, (
+                f"{folder}: dataset {dataset} and method {method} inferred from its yaml's name "
+                f"{run['yaml']!r} (the run predates their record in params.json and run.json)"
+            )
+    return None, None, (
+        f"Skipped {folder}: neither its params.json nor its run.json records a dataset and a method, "
+        f"and its yaml's name {run['yaml']!r} is no recipe's (<method>_<suffix>.yaml)"
+    )
 
 
 def cell(runs):
@@ -158,7 +205,10 @@ def _table(title, methods, columns, paper):
     notes = []
     for method in methods:
         cells = [format_cell(select(method), paper(method, key), notes) for _, select, key in columns]
-        found = sorted({r["params"]["petl"] for _, select, _ in columns for r in select(method) if r["params"]})
+        found = sorted(
+            {r["params"]["petl"] for _, select, _ in columns for r in select(method)
+             if (r["params"] or {}).get("petl") is not None}
+        )
         params = " / ".join(f"{n:,}" for n in found) or "—"
         lines.append(f"| {method} | {params} | " + " | ".join(cells) + " |")
     if notes:
@@ -214,8 +264,8 @@ def integer_axis(axis, values=None):
 
 
 def sweep_figure(runs, keys, x_of, xlabel):
-    """Accuracy against ``x_of(run)`` for the finished sweeps over ``keys``;
-    None when there are none."""
+    """Accuracy against ``x_of(run)`` for the finished sweeps over ``keys``
+    (a run whose ``x_of`` is None is left out); None when there are none."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -225,8 +275,11 @@ def sweep_figure(runs, keys, x_of, xlabel):
     for run in runs:
         if not run["finished"] or not set(run["sweep"]) & set(keys):
             continue
+        x = x_of(run)
+        if x is None:  # e.g. no parameter count recorded
+            continue
         label = f"{run['dataset']} {run['method']}" + (f" {run['few_shot']}-shot" if run["few_shot"] else "")
-        groups.setdefault(label, {}).setdefault(x_of(run), []).append(100 * run["accuracy"])
+        groups.setdefault(label, {}).setdefault(x, []).append(100 * run["accuracy"])
     if not groups:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -282,13 +335,16 @@ def main(argv=None):
     args = parser.parse_args(argv)
     runs = load_runs(args.roots)
     if not runs:
-        raise FileNotFoundError(f"No run.json under {args.roots}: expected folders written by speechbrain_petl.study")
+        raise FileNotFoundError(
+            f"No run.json of a reportable run under {args.roots}: expected folders written by "
+            "speechbrain_petl.study (skipped runs, if any, are listed above)"
+        )
     os.makedirs(args.output, exist_ok=True)
     with open(os.path.join(args.output, "tables.md"), "w") as fout:
         fout.write(tables(runs))
     made = {
         "figure2.png": _save(
-            sweep_figure(runs, BUDGET_KEYS, lambda r: r["params"]["petl"], "PETL parameters"),
+            sweep_figure(runs, BUDGET_KEYS, lambda r: (r["params"] or {}).get("petl"), "PETL parameters"),
             os.path.join(args.output, "figure2.png"), dpi=120,
         ),
         "figure3.png": _save(

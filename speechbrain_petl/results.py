@@ -5,6 +5,8 @@ import csv
 import os
 import re
 
+from speechbrain_petl.run_record import read_record
+
 EPOCH_LINE = re.compile(r"^epoch: (\d+),")
 STAT = re.compile(r"(train|valid) (loss|acc): ([-+0-9.e]+)")
 
@@ -23,13 +25,37 @@ def test_accuracy(run_folder):
 
 
 def is_finished(run_folder):
-    """True when the run trained and was tested (its predictions exist)."""
-    log = os.path.join(run_folder, "train_log.txt")
-    return (
-        os.path.isfile(os.path.join(run_folder, "test_predictions.csv"))
-        and os.path.isfile(log)
-        and "test acc" in open(log).read()
-    )
+    """True when the run trained and was tested: its ``params.json`` says
+    ``finished: true`` (see :mod:`speechbrain_petl.run_record`) and its
+    test predictions exist.
+
+    A run made before ``finished`` was recorded counts as finished when its
+    predictions exist and its ``train_log.txt`` logged a test.
+
+    Example
+    -------
+    >>> from speechbrain_petl.run_record import write_record
+    >>> folder = getfixture("tmp_path")
+    >>> _ = (folder / "test_predictions.csv").write_text("ID,target,prediction\\nu1,yes,yes\\n")
+    >>> write_record(folder, {"finished": False})
+    >>> is_finished(folder)
+    False
+    """
+    if not os.path.isfile(os.path.join(run_folder, "test_predictions.csv")):
+        return False
+    record = read_record(run_folder)
+    if record is not None and "finished" in record:
+        return record["finished"] is True
+    return _logged_a_test(os.path.join(run_folder, "train_log.txt"))
+
+
+def _logged_a_test(train_log):
+    """Whether a ``train_log.txt`` holds test statistics (how runs made
+    before ``finished`` was recorded tell that they were tested)."""
+    if not os.path.isfile(train_log):
+        return False
+    with open(train_log) as fin:
+        return any("test acc" in line for line in fin)
 
 
 def training_curves(train_log):

@@ -9,7 +9,9 @@ Usage::
 
 Each run is the recipe's own ``train.py`` in its own output folder
 ``<output_root>/<yaml>/<sweep point>/fold<k>_seed<s>`` (with a ``run.json``
-describing it). A finished run (tested) is skipped; an interrupted one is
+describing it, including the yaml's ``dataset`` and ``method``). A finished
+run (its ``params.json`` says so, see :mod:`speechbrain_petl.run_record`) is
+skipped; an interrupted one is
 started again with the same command and resumes from its SpeechBrain
 checkpoints. A run's identity is every effective setting: the yaml's content
 (SHA-256) and all overrides; a folder holding a run made with other settings
@@ -30,6 +32,7 @@ import statistics
 import subprocess
 import sys
 
+from speechbrain_petl.report import yaml_defaults
 from speechbrain_petl.results import is_finished, test_accuracy
 
 
@@ -113,6 +116,7 @@ def identity_differences(stored, current):
 def plan_runs(hparams, output_root, folds, seeds, sweep_key, sweep_values, overrides):
     """Every run of the study: a list of dicts (see ``run.json``)."""
     stem = os.path.splitext(os.path.basename(hparams))[0]
+    declared = yaml_defaults(hparams, ("dataset", "method"))
     runs = []
     for value, fold, seed in itertools.product(sweep_values, folds, seeds):
         point = "default" if value is None else f"{sweep_key}-{value}"  # no "=": SpeechBrain splits overrides on it
@@ -126,10 +130,14 @@ def plan_runs(hparams, output_root, folds, seeds, sweep_key, sweep_values, overr
             args.append(f"--seed={seed}")
         if value is not None:
             args.append(f"--{sweep_key}={value}")
+        given = overrides_dict(args)
         runs.append(
             {
                 "hparams": os.path.abspath(hparams),
                 "yaml": stem,
+                # what the run is, as its yaml declares (its params.json will record the same)
+                "dataset": str(given.get("dataset", declared.get("dataset", ""))).strip("'\"") or None,
+                "method": str(given.get("method", declared.get("method", ""))).strip("'\"") or None,
                 "sweep": {} if value is None else {sweep_key: value},
                 "fold": fold,
                 "seed": seed,

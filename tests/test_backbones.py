@@ -273,3 +273,28 @@ def test_sincos_positions_only_for_random_weights(tiny_ast_dir):
     assert torch.equal(lobe.pos_embed[0, :2], torch.zeros(2, 32))
     with pytest.raises(ValueError, match="only applies to pretrained=False"):
         AST(tiny_ast_dir, max_frames=64, init_positions="sincos")
+
+
+def test_wav2vec2_refuses_an_augmentation_that_changes_the_length(tiny_w2v2_dir):
+    """The padding mask comes from the lengths before augmentation: an
+    augmentation that changes the waveforms' length is refused, naming it
+    and both shapes; one that keeps the shape is applied."""
+
+    class SpeedUp(torch.nn.Module):
+        """Drops every tenth sample."""
+
+        def forward(self, wavs):
+            """Shorter waveforms."""
+            keep = torch.arange(wavs.shape[1]) % 10 != 0
+            return wavs[:, keep]
+
+    lobe = Wav2Vec2(tiny_w2v2_dir, pooling="mean").eval()
+    wavs, lens = torch.randn(2, 8000), torch.tensor([1.0, 0.6])
+    with torch.no_grad(), pytest.raises(ValueError, match=r"'SpeedUp' changed the waveforms' shape from \(2, 8000\) to \(2, 7200\)"):
+        lobe(wavs, lens, augment=SpeedUp())
+    with torch.no_grad():
+        loud = lobe(wavs, lens, augment=lambda w: 3 * w)
+        plain = lobe(wavs, lens)
+        silent = lobe(wavs, lens, augment=torch.zeros_like)
+    torch.testing.assert_close(loud, plain, rtol=1e-4, atol=1e-4)  # scale-invariant: normalised waveforms
+    assert not torch.allclose(silent, plain, atol=1e-3)  # the augmentation was applied

@@ -22,6 +22,7 @@ from speechbrain_petl.methods import (
     PrefixTuning,
     PromptTuning,
 )
+from speechbrain_petl.methods.masked_batch_norm import MaskedBatchNorm1d
 from method_zoo import ALL_METHODS, IDENTITY_AT_INIT, bottleneck, conformer, perturb_petl_
 from tiny import save_tiny_ast
 
@@ -346,3 +347,157 @@ def test_even_kernel_keeps_sequence_length():
     torch.nn.init.normal_(adapter.pointwise_out.weight)
     assert adapter(torch.randn(2, 37, 16)).shape == (2, 37, 16)
 
+
+
+# ------------------------------------------------ Conformer BatchNorm padding
+def _batch_norms(module):
+    return [m for m in module.modules() if isinstance(m, (torch.nn.BatchNorm1d, MaskedBatchNorm1d))]
+
+
+def _running_stats(module):
+    return [(m.running_mean.clone(), m.running_var.clone(), int(m.num_batches_tracked)) for m in _batch_norms(module)]
+
+
+def _assert_same_stats(a, b):
+    assert len(a) == len(b) > 0
+    for (mean_a, var_a, n_a), (mean_b, var_b, n_b) in zip(a, b):
+        torch.testing.assert_close(mean_a, mean_b, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(var_a, var_b, rtol=1e-5, atol=1e-6)
+        assert n_a == n_b
+
+
+@pytest.mark.parametrize("kernel_size", [1, 5])
+def test_conformer_batch_norm_trains_on_real_frames_only(kernel_size):
+    """A padded batch gives the running statistics and (train-mode) outputs
+    of its clips without padding; the padding's values do not matter."""
+    torch.manual_seed(0)
+    adapter = ConformerAdapter(16, bottleneck=4, kernel_size=kernel_size)
+    torch.nn.init.normal_(adapter.pointwise_out.weight)
+    lengths = [30, 20] if kernel_size == 1 else [20, 20]
+    clips = [torch.randn(1, n, 16) for n in lengths]
+    padded = torch.randn(2, 37, 16) * 50  # loud padding
+    for i, clip in enumerate(clips):
+        padded[i, : lengths[i]] = clip[0]
+    mask = torch.arange(37)[None, :] < torch.tensor(lengths)[:, None]
+    if kernel_size == 1:  # no time context: the clips one after the other are one unpadded clip
+        unpadded, pieces = torch.cat(clips, dim=1), lambda out: torch.split(out[0], lengths)
+    else:  # a depthwise kernel: clips of one length, batched without padding
+        unpadded, pieces = torch.cat(clips, dim=0), lambda out: list(out)
+    reference = ConformerAdapter(16, bottleneck=4, kernel_size=kernel_size)
+    reference.load_state_dict(adapter.state_dict())
+    adapter.train(), reference.train()
+    for _ in range(2):  # twice: the momentum update of running statistics too
+        out = adapter(padded, mask)
+        expected = reference(unpadded)
+    _assert_same_stats(_running_stats(adapter), _running_stats(reference))
+    for i, piece in enumerate(pieces(expected)):
+        torch.testing.assert_close(out[i, : lengths[i]], piece, rtol=1e-4, atol=1e-5)
+    # eval mode: the running statistics, as torch's BatchNorm1d
+    adapter.eval(), reference.eval()
+    with torch.no_grad():
+        out, expected = adapter(padded, mask), reference(unpadded)
+    for i, piece in enumerate(pieces(expected)):
+        torch.testing.assert_close(out[i, : lengths[i]], piece, rtol=1e-4, atol=1e-5)
+
+
+def test_conformer_batch_norm_keeps_torch_semantics_and_state():
+    """Without padding it is torch's BatchNorm1d (outputs, running statistics
+    with a momentum or a cumulative average, gradients); same state_dict keys."""
+    torch.manual_seed(0)
+    for momentum in (0.1, None):
+        ours, torch_bn = MaskedBatchNorm1d(3, momentum=momentum), torch.nn.BatchNorm1d(3, momentum=momentum)
+        torch.nn.init.normal_(ours.weight), torch.nn.init.normal_(ours.bias)
+        torch_bn.load_state_dict(ours.state_dict())
+        for _ in range(3):
+            x = torch.randn(4, 3, 9, requires_grad=True)
+            full = torch.ones(4, 9, dtype=torch.bool)
+            out = ours(x, full)
+            torch.testing.assert_close(out, torch_bn(x), rtol=1e-5, atol=1e-6)
+        _assert_same_stats(_running_stats(ours), _running_stats(torch_bn))
+        grad = torch.autograd.grad(out.square().sum(), ours.weight)[0]
+        torch.testing.assert_close(grad, torch.autograd.grad(torch_bn(x).square().sum(), torch_bn.weight)[0])
+    adapter = ConformerAdapter(16, bottleneck=4, kernel_size=3)
+    assert sorted(k for k in adapter.state_dict() if k.startswith("batch_norm.")) == [
+        "batch_norm.bias", "batch_norm.num_batches_tracked", "batch_norm.running_mean",
+        "batch_norm.running_var", "batch_norm.weight",
+    ]
+    with pytest.raises(ValueError, match="more than 1 real frame"):
+        MaskedBatchNorm1d(3)(torch.randn(2, 3, 4), torch.tensor([[True, False, False, False]] + [[False] * 4]))
+
+
+def test_conformer_batch_norm_takes_half_precision_statistics_in_float32():
+    """Under bf16 autocast the statistics are those of the bf16 activations
+    computed in float32, and the output is bf16, as from torch's BatchNorm."""
+    torch.manual_seed(0)
+    x = (torch.randn(4, 3, 50) * 3 + 100).bfloat16()
+    mask = torch.ones(4, 50, dtype=torch.bool)
+    ours, torch_bn = MaskedBatchNorm1d(3), torch.nn.BatchNorm1d(3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, expected = ours(x, mask), torch_bn(x)
+    assert out.dtype == expected.dtype == torch.bfloat16
+    _assert_same_stats(_running_stats(ours), _running_stats(torch_bn))
+    torch.testing.assert_close(out.float(), expected.float(), rtol=0, atol=2e-2)  # bf16 rounding
+
+
+def test_conformer_batch_norm_ignores_padding_in_the_wav2vec2_lobe(tiny_w2v2_dir):
+    """Two clips of one length, padded or not: the adapters' BatchNorms (in
+    training mode) keep the same statistics and give the same embeddings."""
+    torch.manual_seed(0)
+    lobe = Wav2Vec2(tiny_w2v2_dir, petl=conformer(), pooling="mean")
+    perturb_petl_(lobe)
+    twin = Wav2Vec2(tiny_w2v2_dir, petl=conformer(), pooling="mean")
+    twin.load_state_dict(lobe.state_dict())
+    for model in (lobe, twin):
+        model.eval()
+        for norm in _batch_norms(model):
+            norm.train()
+    clips = torch.randn(2, 4700)
+    padded = torch.randn(2, 8000)
+    padded[:, :4700] = clips
+    with torch.no_grad():
+        batched = lobe(padded, torch.tensor([4700 / 8000, 4700 / 8000]))
+        alone = twin(clips)
+    _assert_same_stats(_running_stats(lobe), _running_stats(twin))
+    torch.testing.assert_close(batched, alone, rtol=1e-4, atol=1e-5)
+
+
+def test_conformer_batch_norm_syncs_real_frames_across_processes(tmp_path):
+    """Two gloo processes, each with its own padded batch, normalise with the
+    statistics of all their real frames (as SyncBatchNorm over all frames),
+    which equal one process's on the real frames put together; SpeechBrain's
+    SyncBatchNorm conversion leaves the masked norm in place."""
+    import socket
+
+    import torch.multiprocessing as mp
+    from masked_bn_worker import run_rank
+
+    torch.manual_seed(0)
+    lengths = [[9, 4], [6, 7]]  # per process, per clip
+    batches = []
+    for clip_lengths in lengths:
+        x = torch.randn(2, 3, 9) * 2 + 1
+        mask = torch.arange(9)[None, :] < torch.tensor(clip_lengths)[:, None]
+        batches.append((x.masked_fill(~mask.unsqueeze(1), 100.0), mask))  # loud padding
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(run_rank, args=(port, batches, str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+
+    torch.manual_seed(0)
+    alone = MaskedBatchNorm1d(3)
+    torch.nn.init.normal_(alone.weight)
+    frames = torch.cat([x[i, :, :n] for (x, _), ns in zip(batches, lengths) for i, n in enumerate(ns)], dim=1)
+    frames.requires_grad_()
+    out = alone(frames.unsqueeze(0))
+    out.square().sum().backward()
+    for rank in ranks:
+        torch.testing.assert_close(rank["running_mean"], alone.running_mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(rank["running_var"], alone.running_var, rtol=1e-5, atol=1e-6)
+    real = [rank["out"][i, :, :n] for rank, ns in zip(ranks, lengths) for i, n in enumerate(ns)]
+    torch.testing.assert_close(torch.cat(real, dim=1), out[0].detach(), rtol=1e-5, atol=1e-5)
+    # gradients flow back through the shared statistics to every process's frames
+    grads = [rank["x_grad"][i, :, :n] for rank, ns in zip(ranks, lengths) for i, n in enumerate(ns)]
+    torch.testing.assert_close(torch.cat(grads, dim=1), frames.grad, rtol=1e-4, atol=1e-5)
+    adapter = torch.nn.SyncBatchNorm.convert_sync_batchnorm(ConformerAdapter(16, bottleneck=4, kernel_size=3))
+    assert type(adapter.batch_norm) is MaskedBatchNorm1d

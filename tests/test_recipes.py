@@ -289,6 +289,25 @@ def test_every_yaml_exposes_the_common_keys(row):
     assert common <= keys, f"missing: {sorted(common - keys)}"
 
 
+@pytest.mark.parametrize("row", TRAIN_ROWS, ids=[row_id(r) for r in TRAIN_ROWS])
+def test_every_yaml_declares_its_dataset_and_method(row):
+    """What a run records in its params.json (and reports read) is what its
+    yaml declares: checked here against the recipe's folder and file name,
+    so that reports never have to guess from names."""
+    path = REPO / row["Hparam_file"]
+    declared = dict(re.findall(r"^(dataset|method):[ \t]*(\S+)", path.read_text(), re.MULTILINE))
+    assert set(declared) == {"dataset", "method"}, f"{path.name}: declare top-level dataset: and method:"
+    if row["table"] == "Quickstart":
+        stage = "source" if path.stem == "pretrain" else "target"
+        assert declared["dataset"] == f"Quickstart-{stage}"
+        assert declared["method"] == ("full" if stage == "source" else path.stem[len("target_"):])
+        return
+    dataset = path.parents[2].name  # recipes/<Dataset>/PETL/hparams/<method>_<suffix>.yaml
+    assert declared["dataset"] == dataset == row["table"]
+    assert f"{declared['method']}_{SUFFIXES[dataset]}" == path.stem
+    assert paper_accuracy(declared["method"], dataset) is not None or dataset == "IEMOCAP"
+
+
 def test_num_workers_default_to_the_machine(monkeypatch):
     """Recipes default to the CPUs this process may use, at most 4 (no
     DataLoader warning on a 2-core machine); the quickstart keeps 0."""

@@ -10,6 +10,8 @@ import pytest
 from mini_datasets import make_esc50
 from recipe_utils import REPO
 from speechbrain_petl import budget, report, study
+from speechbrain_petl.paper import SUFFIXES
+from speechbrain_petl.results import is_finished
 
 ESC50 = REPO / "recipes" / "ESC50" / "PETL" / "hparams"
 
@@ -57,6 +59,12 @@ def test_every_planned_run_finished_in_its_own_folder(study_root):
         assert (folder / "test_predictions.csv").is_file() and (folder / "params.json").is_file()
     hparams = (root / "runs/conformer_esc50/kernel_size-3/fold1/hyperparams.yaml").read_text()
     assert "kernel_size: 3" in hparams
+    # what each run is and that it finished: recorded, not guessed from names
+    lora = root / "runs/lora_esc50/default/fold1_seed7"
+    planned, record = (json.loads((lora / name).read_text()) for name in ("run.json", "params.json"))
+    assert (planned["dataset"], planned["method"]) == ("ESC50", "lora")
+    assert (record["dataset"], record["method"], record["finished"]) == ("ESC50", "lora", True)
+    assert record["petl"] > 0
 
 
 def test_finished_runs_are_skipped_and_unfinished_ones_resumed(study_root, capsys):
@@ -104,10 +112,18 @@ def _tiny(root):
     return next(a.split("=", 1)[1] for a in run["overrides"] if a.startswith("--backbone_source="))
 
 
-def _fake_run(folder, yaml, dataset, correct, total=10, sweep=None, finished=True, petl=1000, overrides=()):
+def _fake_run(folder, yaml, dataset, correct, total=10, sweep=None, finished=True, petl=1000, overrides=(),
+              method=None, hparams=None, record="current"):
+    """A run folder as a study and a recipe run leave it. ``record``:
+    "current" (run.json and params.json record dataset, method, finished),
+    "old" (made before they were recorded: counts only, old layout), or
+    "none" (an old run that wrote no params.json)."""
     folder.mkdir(parents=True)
+    suffix = "_" + SUFFIXES.get(dataset, "")
+    method = method or (yaml[: -len(suffix)] if yaml.endswith(suffix) else yaml)
+    layout = ("PETL", "hparams") if record == "current" else ("hparams",)
     run = {
-        "hparams": str(REPO / "recipes" / dataset / "PETL" / "hparams" / f"{yaml}.yaml"),
+        "hparams": str(hparams or REPO.joinpath("recipes", dataset, *layout, f"{yaml}.yaml")),
         "yaml": yaml,
         "sweep": sweep or {},
         "fold": 1,
@@ -115,14 +131,19 @@ def _fake_run(folder, yaml, dataset, correct, total=10, sweep=None, finished=Tru
         "overrides": list(overrides),
         "output_folder": str(folder),
     }
+    counts = {"petl": petl, "head": 10, "frozen": 5, "total": petl + 15}
+    if record == "current":
+        run.update(dataset=dataset, method=method)
+        counts.update(dataset=dataset, method=method, finished=finished)
     (folder / "run.json").write_text(json.dumps(run))
-    (folder / "params.json").write_text(json.dumps({"petl": petl, "head": 10, "frozen": 5, "total": petl + 15}))
+    if record != "none":
+        (folder / "params.json").write_text(json.dumps(counts))
     if not finished:
         return
     (folder / "train_log.txt").write_text(
         "epoch: 1, lr: 1.00e-03 - train loss: 2.0, train acc: 3.00e-01 - valid loss: 1.9, valid acc: 4.00e-01\n"
         "epoch: 2, lr: 5.00e-04 - train loss: 1.5, train acc: 5.00e-01 - valid loss: 1.6, valid acc: 5.00e-01\n"
-        "Epoch loaded: 2 - test loss: 1.6, test acc: 5.00e-01\n"
+        + ("Epoch loaded: 2 - test loss: 1.6, test acc: 5.00e-01\n" if record != "current" else "")
     )
     with open(folder / "test_predictions.csv", "w", newline="") as fout:
         writer = csv.writer(fout)
@@ -218,3 +239,54 @@ def test_figures_use_integer_ticks_and_log_scale_across_decades(tmp_path):
     tables = report.tables(runs)
     row = next(line for line in tables.splitlines() if line.startswith("| lora |"))
     assert "⚠1" in row and "number_of_epochs=1 (recipe: " in tables
+
+
+def test_report_reads_what_runs_recorded_not_their_names(tmp_path, capsys):
+    """Dataset, method and the finished state come from params.json: a run
+    whose yaml and folders are named anyhow, and whose log never says
+    "test acc", lands in its cell; a run whose record says unfinished is not
+    counted although its predictions exist."""
+    root = tmp_path / "logs"
+    anywhere = tmp_path / "my_experiments" / "try3.yaml"
+    _fake_run(root / "a", "try3", "ESC50", correct=7, method="lora", hparams=anywhere)
+    _fake_run(root / "b", "try3", "ESC50", correct=3, method="lora", hparams=anywhere)
+    (root / "b" / "params.json").write_text(
+        json.dumps(dict(json.loads((root / "b" / "params.json").read_text()), finished=False))
+    )
+    assert "test acc" not in (root / "a" / "train_log.txt").read_text()
+    assert is_finished(root / "a") and not is_finished(root / "b")
+    runs = report.main([str(root), f"--output={tmp_path / 'out'}"])
+    assert {(r["dataset"], r["method"]) for r in runs} == {("ESC50", "lora")}
+    row = next(line for line in (tmp_path / "out" / "tables.md").read_text().splitlines() if line.startswith("| lora |"))
+    assert "| 70.00 ± 0.00 (1/2) / 86.45 |" in row
+    assert "inferred" not in capsys.readouterr().out
+
+
+def test_report_on_runs_that_predate_the_record(tmp_path, capsys):
+    """Runs made before dataset, method and finished were recorded (old
+    recipe layout, no params.json at all, or no recognisable yaml name) never
+    crash the report: they are read from their yaml's name and log, with a
+    note, or skipped with a note saying why."""
+    root = tmp_path / "logs"
+    _fake_run(root / "old", "lora_esc50", "ESC50", correct=6, record="old")
+    for i, rank in enumerate([2, 8]):  # a budget sweep whose runs wrote no params.json
+        _fake_run(root / f"s{i}", "lora_gsc", "Google-speech-commands", correct=5, sweep={"lora_rank": str(rank)},
+                  record="none")
+    _fake_run(root / "mine", "my_run", "ESC50", correct=5, record="old")
+    runs = report.main([str(root), f"--output={tmp_path / 'out'}"])
+    out = capsys.readouterr().out
+    assert sorted(os.path.basename(r["folder"]) for r in runs) == ["old", "s0", "s1"]
+    assert all(r["finished"] for r in runs)
+    assert f"{root / 'old'}: dataset ESC50 and method lora inferred from its yaml's name 'lora_esc50'" in out
+    assert f"Skipped {root / 'mine'}: neither its params.json nor its run.json records" in out
+    tables = (tmp_path / "out" / "tables.md").read_text()
+    row = next(line for line in tables.splitlines() if line.startswith("| lora |"))
+    assert row.startswith("| lora | 1,000 |") and "60.00 ± 0.00 (1/1) / 86.45" in row
+    assert not (tmp_path / "out" / "figure2.png").exists()  # no parameter count to plot against
+
+
+def test_report_of_only_unreadable_runs_is_a_clear_error(tmp_path, capsys):
+    _fake_run(tmp_path / "mine", "my_run", "ESC50", correct=5, record="old")
+    with pytest.raises(FileNotFoundError, match="No run.json of a reportable run"):
+        report.main([str(tmp_path), f"--output={tmp_path / 'out'}"])
+    assert "Skipped" in capsys.readouterr().out

@@ -131,10 +131,16 @@ class Wav2Vec2(Backbone):
         return lengths
 
     def embed(self, wavs, wav_lens=None, augment=None):
-        """Waveforms -> (frames (batch, time, width), mask (batch, time) or None)."""
+        """Waveforms -> (frames (batch, time, width), mask (batch, time) or None).
+
+        ``augment`` must keep the waveforms' shape: the padding mask comes
+        from the clips' lengths, which a length-changing augmentation (speed
+        perturbation, cropping) would make wrong; such an augmentation is
+        refused with a ValueError (apply it in the data pipeline instead).
+        """
         lengths = relative_to_absolute(wav_lens, wavs.shape[1])
         if augment is not None:
-            wavs = augment(wavs)
+            wavs = check_same_shape(wavs, augment(wavs), augment)
         if self.normalize_waveform:
             wavs = normalize(wavs, lengths)
         with torch.no_grad():
@@ -167,6 +173,29 @@ class Wav2Vec2(Backbone):
             feats = self.feature_encoder(wavs[i : i + 1, :length])
             out[i, :, : feats.shape[2]] = feats[0]
         return out
+
+
+def check_same_shape(wavs, augmented, augment):
+    """``augmented`` if it has the shape of ``wavs``, else a ValueError
+    naming the augmentation and both shapes.
+
+    Example
+    -------
+    >>> wavs = torch.zeros(2, 100)
+    >>> check_same_shape(wavs, wavs[:, :90], "crop")
+    Traceback (most recent call last):
+     ...
+    ValueError: Wav2Vec2: the augmentation 'crop' changed the waveforms' shape from (2, 100) to (2, 90); the padding mask comes from the lengths before augmentation, so only augmentations that keep the shape are accepted (apply length-changing ones, e.g. speed perturbation, in the data pipeline)
+    """
+    if augmented.shape != wavs.shape:
+        name = augment if isinstance(augment, str) else type(augment).__name__
+        raise ValueError(
+            f"Wav2Vec2: the augmentation {name!r} changed the waveforms' shape from {tuple(wavs.shape)} "
+            f"to {tuple(augmented.shape)}; the padding mask comes from the lengths before augmentation, "
+            "so only augmentations that keep the shape are accepted (apply length-changing ones, "
+            "e.g. speed perturbation, in the data pipeline)"
+        )
+    return augmented
 
 
 def normalize(wavs, lengths=None, eps=1e-7):

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from speechbrain_petl.methods.base import ParameterCopy, PETLMethod, check_positive_int
+from speechbrain_petl.methods.masked_batch_norm import MaskedBatchNorm1d
 from speechbrain_petl.sites import masked_fill_padding
 
 PLACEMENTS = {"pfeiffer": ("ffn",), "houlsby": ("mhsa", "ffn")}
@@ -65,7 +66,8 @@ class ConformerAdapter(nn.Module):
     LayerNorm -> pointwise conv d->2r -> GLU -> depthwise conv (kernel k,
     'same' padding, any k including even) -> BatchNorm -> Swish -> pointwise
     conv r->d. Padded frames are zeroed before the depthwise convolution so
-    they never leak into real ones.
+    they never leak into real ones, and the BatchNorm's training statistics
+    are taken over the real frames only (:class:`MaskedBatchNorm1d`).
 
     Arguments
     ---------
@@ -95,7 +97,7 @@ class ConformerAdapter(nn.Module):
         self.depthwise = nn.Conv1d(
             bottleneck, bottleneck, kernel_size, padding="same", groups=bottleneck
         )
-        self.batch_norm = nn.BatchNorm1d(bottleneck)
+        self.batch_norm = MaskedBatchNorm1d(bottleneck)
         self.activation = nn.SiLU()
         self.pointwise_out = nn.Conv1d(bottleneck, input_size, kernel_size=1)
         nn.init.zeros_(self.pointwise_out.weight)
@@ -105,7 +107,7 @@ class ConformerAdapter(nn.Module):
         """``x``: (batch, time, width); ``mask``: (batch, time) bool or None."""
         h = self.glu(self.pointwise_in(self.norm(x).transpose(1, 2)))
         h = masked_fill_padding(h.transpose(1, 2), mask).transpose(1, 2)
-        h = self.activation(self.batch_norm(self.depthwise(h)))
+        h = self.activation(self.batch_norm(self.depthwise(h), mask))
         return self.pointwise_out(h).transpose(1, 2)
 
 
