@@ -271,10 +271,10 @@ class ClassificationBrain(sb.Brain):
             self.checkpointer.add_recoverable("lr_scheduler", self.lr_scheduler)
 
     def _wrap_distributed(self):
-        """SpeechBrain's DDP wrapping, except that BatchNorm layers (in the
-        Conformer adapter) become SyncBatchNorm only on CUDA, the one place
-        SyncBatchNorm works; on CPU (gloo) each process keeps plain BatchNorm
-        statistics of its shard while gradients are still averaged."""
+        """SpeechBrain's DDP wrapping on CUDA; on CPU (gloo) the trainable
+        modules are wrapped without device ids, the form DDP takes there.
+        The Conformer adapter's MaskedBatchNorm1d takes its statistics over
+        every process's real frames itself, on both."""
         if self.distributed_launch and not str(self.device).startswith("cuda"):
             for name, module in self.modules.items():
                 if any(p.requires_grad for p in module.parameters()):
