@@ -1,0 +1,198 @@
+"""The life of PETL methods on a backbone: attach, detach, activate, merge.
+
+:class:`MethodHost` is a mixin of :class:`speechbrain_petl.backbones.Backbone`.
+It relies on the backbone's ``petl`` (a :class:`MethodDict`), ``_inactive``
+(a set of names) and ``named_modules`` (its sites). The one record of what
+is attached where is the sites' dicts keyed by method name; ``petl`` changes
+only through :meth:`MethodHost.attach` and :meth:`MethodHost.detach`, so the
+two never drift apart.
+"""
+
+from torch import nn
+
+from speechbrain_petl.methods.base import PETLMethod
+from speechbrain_petl.sites import Site, _ParameterSite
+
+
+class MethodHost:
+    """Attaching, detaching, activating and merging PETL methods (a mixin of
+    the backbone lobes; see the module docstring for what it relies on)."""
+
+    def attach(self, method, name=None, active=True):
+        """Attaches a PETL method under ``name`` (default: the method's own).
+
+        Arguments
+        ---------
+        method : PETLMethod
+            A fresh method instance (one instance per attachment).
+        name : str, optional
+            Key under ``self.petl`` and at every site it uses.
+        active : bool
+            Whether the method takes part in the forward pass right away.
+
+        Example
+        -------
+        >>> from transformers import ASTConfig
+        >>> from speechbrain_petl.backbones import AST
+        >>> from speechbrain_petl.methods import LoRA
+        >>> config = ASTConfig(hidden_size=32, num_hidden_layers=2,
+        ...     num_attention_heads=2, intermediate_size=64, max_length=64)
+        >>> ast = AST(source=config, pretrained=False, max_frames=64)
+        >>> ast.attach(LoRA(rank=2))
+        >>> ast.attach(LoRA(rank=4), "task_b", active=False)
+        >>> list(ast.petl), ast.active
+        (['lora', 'task_b'], ['lora'])
+        >>> ast.detach("task_b")
+        >>> list(ast.petl)
+        ['lora']
+        """
+        if not isinstance(method, PETLMethod):
+            raise TypeError(
+                f"petl entries must be PETL methods (e.g. "
+                f"!new:speechbrain_petl.methods.LoRA), got {method!r}"
+            )
+        name = name or method.default_name
+        if not isinstance(name, str) or not name or "." in name:
+            raise ValueError(f"A PETL method's name must be a non-empty string without dots, got {name!r}")
+        if name in self.petl:
+            raise ValueError(f"A PETL method named '{name}' is already attached.")
+        method.attach(self, name)
+        self.petl._register(name, method)
+        if not active:
+            self._inactive.add(name)
+        try:
+            self._sync_sites()
+        except RuntimeError:
+            self.detach(name)
+            raise
+
+    def detach(self, name):
+        """Removes method ``name``: its hooks, overrides and tensors. The
+        backbone then computes exactly what it computed before the attach.
+        A merged method must be unmerged first."""
+        method = self._method(name)
+        if name in self.merged:
+            raise RuntimeError(f"'{name}' is merged into the frozen weights; unmerge('{name}') first.")
+        for site in self.sites():
+            site.remove_owner(name)
+        method.detach(self)
+        self.petl._unregister(name)
+        self._inactive.discard(name)
+        self._sync_sites()
+
+    @property
+    def active(self):
+        """Names of the methods that take part in the forward pass."""
+        return [name for name in self.petl if name not in self._inactive]
+
+    def set_active(self, names):
+        """Makes exactly ``names`` active (the others stay attached, unused).
+
+        Refused when two active methods would replace the same frozen tensor
+        or both insert tokens, and for a merged method left out (its update
+        is in the weights: unmerge it first).
+        """
+        names = [names] if isinstance(names, str) else list(names)
+        for name in names:
+            self._method(name)
+        inactive = set(self.petl) - set(names)
+        merged_off = sorted(inactive & self.merged)
+        if merged_off:
+            raise RuntimeError(f"{merged_off} are merged into the weights; unmerge them before deactivating.")
+        previous = self._inactive
+        self._inactive = inactive
+        try:
+            self._sync_sites()
+        except RuntimeError:
+            self._inactive = previous
+            self._sync_sites()
+            raise
+
+    def merge(self, name):
+        """Folds method ``name`` into the frozen weights (LoRA updates, BitFit
+        biases, trained LayerNorm copies); its sites stop running what was
+        folded. Outputs are unchanged up to float rounding.
+
+        Exact undo: the sites keep a copy of every tensor they overwrite, and
+        :meth:`unmerge` copies it back (bit-identical; the copy costs the
+        memory of the touched tensors: about 57 MB for LoRA on AST-base's
+        query and value projections).
+        """
+        method = self._method(name)
+        if name in self._inactive:
+            raise RuntimeError(f"'{name}' is inactive; activate it before merging.")
+        if name in self.merged:
+            raise RuntimeError(f"'{name}' is merged already.")
+        method.merge(self, name)
+
+    def unmerge(self, name):
+        """Restores the frozen weights ``merge(name)`` changed, bit for bit."""
+        self._method(name)
+        if name not in self.merged:
+            raise RuntimeError(f"'{name}' is not merged.")
+        for site in self.sites():
+            if isinstance(site, _ParameterSite) and name in site.folded_owners():
+                site.unfold(name)
+
+    @property
+    def merged(self):
+        """Names of the methods folded into the frozen weights."""
+        return {
+            owner for site in self.sites() if isinstance(site, _ParameterSite)
+            for owner in site.folded_owners()
+        }
+
+    def sites(self):
+        """Every site of the backbone (all blocks, and the final norm)."""
+        for path, module in self.named_modules():
+            if isinstance(module, Site) and not path.startswith("petl."):
+                yield module
+
+    def _method(self, name):
+        if name not in self.petl:
+            raise KeyError(f"No PETL method named '{name}'; attached: {list(self.petl)}")
+        return self.petl[name]
+
+    def _sync_sites(self):
+        """Tells every site which owners to skip; checks the active set."""
+        active = set(self.active)
+        inserting = [name for name in self.active if self.petl[name].inserts_tokens]
+        if len(inserting) > 1:
+            raise RuntimeError(
+                f"{inserting} all insert tokens; two prompt methods active at once would "
+                "shift each other's token positions. Keep one active (backbone.set_active)."
+            )
+        for site in self.sites():
+            if isinstance(site, _ParameterSite):
+                site.check_overrides(active)
+        for site in self.sites():
+            site.skip(self._inactive)
+
+
+class MethodDict(nn.ModuleDict):
+    """``backbone.petl``: the attached methods by name, changed only through
+    ``backbone.attach``/``backbone.detach`` (item assignment and deletion are
+    refused: they would leave hooks behind, or a method without hooks)."""
+
+    def __setitem__(self, key, module):
+        raise TypeError("Use backbone.attach(method, name) to add a PETL method.")
+
+    def __delitem__(self, key):
+        raise TypeError("Use backbone.detach(name) to remove a PETL method.")
+
+    def _register(self, name, method):
+        nn.ModuleDict.__setitem__(self, name, method)
+
+    def _unregister(self, name):
+        nn.ModuleDict.__delitem__(self, name)
+
+
+def as_named_methods(petl):
+    """Normalises the ``petl`` argument: None, a method, a list or a dict."""
+    if petl is None:
+        return []
+    if isinstance(petl, dict):
+        return list(petl.items())
+    if isinstance(petl, (list, tuple)):
+        return [(None, method) for method in petl]
+    return [(None, petl)]
