@@ -3,17 +3,21 @@
 Expects ``modules`` with a ``backbone`` (a :class:`~speechbrain_petl.backbones.Backbone`
 lobe with its PETL methods attached) and a ``classifier`` (the head), and
 batches with ``id``, ``sig`` (waveforms, relative lengths) and
-``label_encoded``. Hyper-parameters it reads:
+``label_encoded``. Besides SpeechBrain's arguments it takes, by keyword
+(a recipe's ``train.py`` passes them from its yaml, so that the script names
+every hyper-parameter it uses):
 
-* ``label_encoder`` (CategoricalEncoder), ``train_logger``,
-  ``epoch_counter`` and ``number_of_epochs``;
-* optional ``augmentation``: applied to the backbone's input features at
+* ``label_encoder`` (CategoricalEncoder): names the classes in the test
+  outputs (without one, classes are named by their index);
+* ``train_logger``: SpeechBrain's logger of the per-epoch statistics
+  (without one, they go to this module's ``logging`` logger);
+* ``augmentation``: applied to the backbone's input features at
   training time only (e.g. SpecAugment on AST's fbank);
-* optional ``lr_scheduler``: a ``!name:`` scheduler factory called as
-  ``factory(optimizer, total_steps=...)`` (total optimizer steps over all
-  epochs) and stepped every batch, e.g.
-  :func:`speechbrain_petl.schedulers.warmup_cosine`;
-* optional ``test_stats_file`` / ``test_predictions_file``: where the test
+* ``lr_scheduler``: a ``!name:`` scheduler factory called as
+  ``factory(optimizer, total_steps=...)`` (total optimizer steps over the
+  epochs of the counter given to :meth:`~ClassificationBrain.fit`) and
+  stepped every batch, e.g. :func:`speechbrain_petl.schedulers.warmup_cosine`;
+* ``test_stats_file`` / ``test_predictions_file``: where the test
   stage writes per-class accuracy, confusion and per-clip predictions.
 
 Only trainable tensors reach the optimizer; the best checkpoint is kept by
@@ -27,6 +31,7 @@ statistics and predictions of an uninterrupted one.
 """
 
 import csv
+import logging
 import math
 import random
 
@@ -41,6 +46,8 @@ from speechbrain.utils.distributed import if_main_process
 from speechbrain.utils.metric_stats import ClassificationStats
 
 from speechbrain_petl.backbones.base import Backbone
+
+logger = logging.getLogger(__name__)
 
 
 def trainable_parameters(modules):
@@ -100,19 +107,71 @@ def set_random_states(states):
 
 @register_checkpoint_hooks
 class ClassificationBrain(sb.Brain):
-    """Utterance classification on top of a frozen backbone lobe."""
+    """Utterance classification on top of a frozen backbone lobe.
+
+    Arguments
+    ---------
+    modules, opt_class, hparams, run_opts, checkpointer
+        As SpeechBrain's :class:`~speechbrain.core.Brain`.
+    label_encoder, train_logger, augmentation, lr_scheduler, test_stats_file, test_predictions_file
+        Keyword only, each optional; see the module's docstring.
+
+    Example
+    -------
+    >>> from transformers import ASTConfig
+    >>> from speechbrain_petl.backbones import AST
+    >>> config = ASTConfig(hidden_size=32, num_hidden_layers=2,
+    ...     num_attention_heads=2, intermediate_size=64, max_length=64)
+    >>> lobe = AST(config, pretrained=False, max_frames=64)
+    >>> brain = ClassificationBrain(
+    ...     modules={"backbone": lobe, "classifier": torch.nn.Linear(lobe.hidden_size, 2)},
+    ...     opt_class=lambda params: torch.optim.AdamW(params, lr=0.01),
+    ...     run_opts={"device": "cpu"},
+    ... )
+    >>> brain.backbone is lobe
+    True
+    """
 
     steps_per_epoch = None
+    epoch_counter = None  # the counter given to fit(), for the scheduler's length and the test log
     _resumed_counts = None  # (correct, seen) of a training epoch resumed mid-way
     _pending_random_states = None  # restored just before the first resumed batch
+
+    def __init__(
+        self,
+        modules=None,
+        opt_class=None,
+        hparams=None,
+        run_opts=None,
+        checkpointer=None,
+        *,
+        label_encoder=None,
+        train_logger=None,
+        augmentation=None,
+        lr_scheduler=None,
+        test_stats_file=None,
+        test_predictions_file=None,
+    ):
+        super().__init__(modules, opt_class, hparams, run_opts, checkpointer)
+        self.label_encoder = label_encoder
+        self.train_logger = train_logger
+        self.augmentation = augmentation
+        self.make_lr_scheduler = lr_scheduler
+        self.lr_scheduler = None
+        self.test_stats_file = test_stats_file
+        self.test_predictions_file = test_predictions_file
+
+    def fit(self, epoch_counter, *args, **kwargs):
+        """SpeechBrain's ``fit``; the counter's ``limit`` sets the
+        scheduler's length, and its position is logged with the test."""
+        self.epoch_counter = epoch_counter
+        return super().fit(epoch_counter, *args, **kwargs)
 
     def compute_forward(self, batch, stage):
         """Waveforms -> logits ``(batch, classes)``."""
         batch = batch.to(self.device)
         wavs, wav_lens = batch.sig
-        augment = None
-        if stage == sb.Stage.TRAIN:
-            augment = getattr(self.hparams, "augmentation", None)
+        augment = self.augmentation if stage == sb.Stage.TRAIN else None
         embeddings = self.modules.backbone(wavs, wav_lens, augment=augment)
         return self.modules.classifier(embeddings)
 
@@ -135,7 +194,9 @@ class ClassificationBrain(sb.Brain):
     def _decode(self, indices):
         """Class indices -> labels; an output unit no training label maps to
         (the head may be wider than the labels present) is named as such."""
-        ind2lab = self.hparams.label_encoder.ind2lab
+        if self.label_encoder is None:
+            return [str(i) for i in indices.tolist()]
+        ind2lab = self.label_encoder.ind2lab
         return [ind2lab.get(i, f"<unused output {i}>") for i in indices.tolist()]
 
     def on_stage_start(self, stage, epoch=None):
@@ -158,29 +219,27 @@ class ClassificationBrain(sb.Brain):
             self.train_stats = stats
         elif stage == sb.Stage.VALID:
             lr = self.optimizer.param_groups[0]["lr"]
-            self.hparams.train_logger.log_stats(
-                stats_meta={"epoch": epoch, "lr": lr},
-                train_stats=self.train_stats,
-                valid_stats=stats,
-            )
+            self._log_stats(stats_meta={"epoch": epoch, "lr": lr}, train_stats=self.train_stats, valid_stats=stats)
             self.checkpointer.save_and_keep_only(meta={"acc": stats["acc"]}, max_keys=["acc"])
         else:
-            self.hparams.train_logger.log_stats(
-                stats_meta={"Epoch loaded": self.hparams.epoch_counter.current},
-                test_stats=stats,
-            )
+            loaded = None if self.epoch_counter is None else self.epoch_counter.current
+            self._log_stats(stats_meta={"Epoch loaded": loaded}, test_stats=stats)
             self._write_test_outputs()
+
+    def _log_stats(self, **stats):
+        if self.train_logger is not None:
+            self.train_logger.log_stats(**stats)
+        elif if_main_process():
+            logger.info(", ".join(f"{key}: {value}" for key, value in stats.items()))
 
     def _write_test_outputs(self):
         if not if_main_process():
             return
-        stats_file = getattr(self.hparams, "test_stats_file", None)
-        if stats_file:
-            with open(stats_file, "w") as fout:
+        if self.test_stats_file:
+            with open(self.test_stats_file, "w") as fout:
                 self.stats.write_stats(fout)
-        predictions_file = getattr(self.hparams, "test_predictions_file", None)
-        if predictions_file:
-            self.write_predictions(predictions_file)
+        if self.test_predictions_file:
+            self.write_predictions(self.test_predictions_file)
 
     def write_predictions(self, path):
         """Per-clip test outputs: ``ID, target, prediction, score`` (the
@@ -239,7 +298,7 @@ class ClassificationBrain(sb.Brain):
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
         """Steps the per-step learning-rate schedule after each optimizer step."""
-        if should_step and getattr(self, "lr_scheduler", None) is not None:
+        if should_step and self.lr_scheduler is not None:
             self.lr_scheduler.step()
 
     def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
@@ -258,15 +317,12 @@ class ClassificationBrain(sb.Brain):
         self.optimizers_dict = {"opt_class": self.optimizer}
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("optimizer", self.optimizer)
-        make_scheduler = getattr(self.hparams, "lr_scheduler", None)
-        if make_scheduler is None:
+        if self.make_lr_scheduler is None:
             return
-        if self.steps_per_epoch is None:
-            raise RuntimeError("lr_scheduler needs the training loader: call fit() with a train set.")
+        if self.steps_per_epoch is None or self.epoch_counter is None:
+            raise RuntimeError("lr_scheduler needs the training loader and epoch counter: call fit() with a train set.")
         steps = math.ceil(self.steps_per_epoch / self.grad_accumulation_factor)
-        self.lr_scheduler = make_scheduler(
-            self.optimizer, total_steps=steps * self.hparams.number_of_epochs
-        )
+        self.lr_scheduler = self.make_lr_scheduler(self.optimizer, total_steps=steps * self.epoch_counter.limit)
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("lr_scheduler", self.lr_scheduler)
 

@@ -492,16 +492,15 @@ def export_run(output_folder, dest=None, backbone_source=None, overrides=None):
         run["label_encoder"],
         run["sample_rate"],
         backbone_source,
-        run_card(output_folder, run["hparams"]),
+        run_card(output_folder, run["backbone"]),
         max_audio_samples=run["hparams"].get("max_audio_samples"),
     )
 
 
-def run_card(output_folder, hparams):
-    """Model-card facts of a run: title, dataset, run folder name, test accuracy."""
+def run_card(output_folder, backbone):
+    """Model-card facts of a run: title, run folder name, test accuracy."""
     accuracy = measured_test_accuracy(output_folder)
     card = {"run": pathlib.Path(output_folder).resolve().name}
-    backbone = hparams["backbone"]
     methods = ", ".join(type(m).__name__ for m in backbone.petl.values()) or "linear head"
     card["title"] = f"{type(backbone).__name__} + {methods}"
     if accuracy is not None:

@@ -1,10 +1,22 @@
 """What every classification recipe's ``train.py`` shares.
 
-A recipe's ``train.py`` reads::
+A recipe's ``train.py`` wires its yaml to these functions, naming every
+hyper-parameter it uses (SpeechBrain's yaml-vs-script check reads the script
+for them)::
 
     hparams, run_opts = setup_experiment(argv, script=__file__)
-    run_on_main(prepare_<dataset>, kwargs=preparation_kwargs(hparams, "fold"))
-    return train_and_test(hparams, run_opts)
+    run_on_main(prepare_<dataset>, kwargs={"data_folder": hparams["data_folder"], ...})
+    datasets = classification_datasets({"train": hparams["train_csv"], ...}, ...)
+    brain = ClassificationBrain(modules=hparams["modules"], ..., train_logger=hparams["train_logger"])
+    start_record(hparams["output_folder"], hparams["modules"], hparams["dataset"], hparams["method"])
+    brain.fit(hparams["epoch_counter"], datasets["train"], datasets["valid"], ...)
+    brain.evaluate(datasets["test"], max_key="acc", ...)
+    finish_run(brain, hparams["output_folder"], hparams["label_encoder"])
+
+:func:`start_record` writes the run's ``params.json`` (dataset, method,
+parameter counts; see :mod:`speechbrain_petl.run_record`), and
+:func:`finish_run` writes the tested model as ``<output_folder>/inference``
+(see :mod:`speechbrain_petl.export`) and marks the record finished.
 """
 
 import dataclasses
@@ -16,8 +28,6 @@ import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml
 
-from speechbrain_petl.brain import ClassificationBrain
-from speechbrain_petl.data.pipelines import classification_datasets
 from speechbrain_petl.export import run_card, write_inference_folder
 from speechbrain_petl.params import summarize
 from speechbrain_petl.run_record import mark_finished, write_record
@@ -80,94 +90,70 @@ def cpu_distributed_defaults(run_opts):
     return dataclasses.replace(run_opts, **chosen)
 
 
-def preparation_kwargs(hparams, *dataset_keys):
-    """The keyword arguments every ``prepare_<dataset>`` takes from the yaml
-    (folders, few-shot options, ``skip_prep``, ``max_bad_fraction``), plus the dataset's own
-    ``dataset_keys`` (e.g. ``"fold"``, ``"protocol"``).
+def start_record(output_folder, modules, dataset, method):
+    """Writes the run's ``params.json`` as training starts (main process
+    only): its ``dataset`` and ``method`` (the yaml's keys of those names),
+    the parameter counts of ``modules``, and ``finished: false``.
 
     Example
     -------
-    >>> hp = {"data_folder": "d", "save_folder": "s", "few_shot": None,
-    ...       "few_shot_sampling": "first", "few_shot_seed": 1, "skip_prep": False,
-    ...       "max_bad_fraction": 0.01, "fold": 2}
-    >>> sorted(preparation_kwargs(hp, "fold"))[:3]
-    ['data_folder', 'few_shot', 'few_shot_sampling']
-    >>> preparation_kwargs(hp, "fold")["max_bad_fraction"]
-    0.01
+    >>> from transformers import ASTConfig
+    >>> from speechbrain_petl.backbones import AST
+    >>> from speechbrain_petl.run_record import read_record
+    >>> config = ASTConfig(hidden_size=32, num_hidden_layers=2,
+    ...     num_attention_heads=2, intermediate_size=64, max_length=64)
+    >>> modules = {"backbone": AST(config, pretrained=False, max_frames=64),
+    ...            "classifier": torch.nn.Linear(32, 2)}
+    >>> folder = getfixture("tmp_path")
+    >>> start_record(folder, modules, "ESC50", "linear")
+    >>> record = read_record(folder)
+    >>> record["dataset"], record["head"], record["finished"]
+    ('ESC50', 66, False)
     """
-    kwargs = {
-        "data_folder": hparams["data_folder"],
-        "save_folder": hparams["save_folder"],
-        "few_shot": hparams["few_shot"],
-        "few_shot_sampling": hparams["few_shot_sampling"],
-        "few_shot_seed": hparams["few_shot_seed"],
-        "skip_prep": hparams["skip_prep"],
-        "max_bad_fraction": hparams["max_bad_fraction"],
-    }
-    for key in dataset_keys:
-        kwargs[key] = hparams[key]
-    return kwargs
+    if not sb.utils.distributed.if_main_process():
+        return
+    record = dict(summarize(dict(modules)), finished=False)
+    record.update(dataset=dataset, method=method)
+    write_record(output_folder, record)
 
 
-def train_and_test(hparams, run_opts):
-    """Builds the datasets from the prepared manifests, trains (resuming from
-    the latest checkpoint if any), tests the best checkpoint by validation
-    accuracy, and writes it as ``<output_folder>/inference`` (see
-    :mod:`speechbrain_petl.export`). The run's ``params.json`` records its
-    dataset, method and parameter counts, and ``finished: true`` once all
-    this is done (see :mod:`speechbrain_petl.run_record`). Returns the Brain."""
-    datasets = classification_datasets(hparams)
-    brain = ClassificationBrain(
-        modules=hparams["modules"],
-        opt_class=hparams["opt_class"],
-        hparams=hparams,
-        run_opts=run_opts,
-        checkpointer=hparams["checkpointer"],
-    )
-    if sb.utils.distributed.if_main_process():  # what the run is; finished once tested (see run_record)
-        record = dict(summarize(dict(hparams["modules"])), finished=False)
-        record.update(dataset=hparams.get("dataset"), method=hparams.get("method"))
-        write_record(hparams["output_folder"], record)
-    brain.fit(
-        hparams["epoch_counter"],
-        datasets["train"],
-        datasets["valid"],
-        train_loader_kwargs=hparams["train_dataloader_options"],
-        valid_loader_kwargs=hparams["test_dataloader_options"],
-    )
-    brain.evaluate(
-        datasets["test"],
-        max_key="acc",
-        test_loader_kwargs=hparams["test_dataloader_options"],
-    )
-    if sb.utils.distributed.if_main_process():
-        write_inference(brain, hparams)
-        mark_finished(hparams["output_folder"])
-    return brain
+def finish_run(brain, output_folder, label_encoder, sample_rate=16000, max_audio_samples=None):
+    """After the test: writes the tested model (the best checkpoint,
+    loaded by ``evaluate``) as ``<output_folder>/inference`` and marks the
+    run's record finished (main process only). Returns the folder, or None
+    when the backbone has random weights (``pretrained: False``): such a
+    backbone exists nowhere else, so no inference folder could load it;
+    the log says so."""
+    if not sb.utils.distributed.if_main_process():
+        return None
+    folder = write_inference(brain, output_folder, label_encoder, sample_rate, max_audio_samples)
+    mark_finished(output_folder)
+    return folder
 
 
-def write_inference(brain, hparams):
-    """Writes the tested model (the best checkpoint, loaded by ``evaluate``)
-    as ``<output_folder>/inference``, replacing the one an earlier run of
-    the same experiment wrote. A randomly initialised backbone
-    (``pretrained: False``) exists nowhere else: then nothing is written,
-    and the log says why."""
-    dest = os.path.join(hparams["output_folder"], "inference")
-    if not brain.backbone.pretrained:
+def write_inference(brain, output_folder, label_encoder, sample_rate=16000, max_audio_samples=None):
+    """Writes ``brain``'s backbone and classifier as ``<output_folder>/inference``,
+    replacing the one an earlier run of the same experiment wrote (see
+    :func:`finish_run`)."""
+    dest = os.path.join(output_folder, "inference")
+    backbone = brain.backbone
+    if not backbone.pretrained:
         logger.warning(
             f"No inference folder at {dest}: the backbone has random weights (pretrained: False) "
             "that no inference folder could load. Train from a save_pretrained folder to get one."
         )
         return None
+    classifier = brain.modules.classifier
+    classifier = getattr(classifier, "module", classifier)  # unwrapped from DDP
     folder = write_inference_folder(
         dest,
-        brain.backbone,
-        hparams["classifier"],
-        hparams["label_encoder"],
-        hparams.get("sample_rate", 16000),
-        card=run_card(hparams["output_folder"], hparams),
+        backbone,
+        classifier,
+        label_encoder,
+        sample_rate,
+        card=run_card(output_folder, backbone),
         replace=True,
-        max_audio_samples=hparams.get("max_audio_samples"),
+        max_audio_samples=max_audio_samples,
     )
     size = sum(p.stat().st_size for p in folder.iterdir())
     logger.info(f"Inference folder: {folder} ({size / 1e6:.2f} MB)")

@@ -1,8 +1,8 @@
 """What a recipe run records about itself: ``<output_folder>/params.json``.
 
-:func:`speechbrain_petl.recipe.train_and_test` writes it when training
-starts and marks it finished once the run is tested (and its inference
-folder written); reports and studies read it back instead of guessing from
+:func:`speechbrain_petl.recipe.start_record` writes it when training
+starts and :func:`speechbrain_petl.recipe.finish_run` marks it finished once
+the run is tested (and its inference folder written); reports and studies read it back instead of guessing from
 folder or file names. Its keys:
 
 * ``dataset``, ``method``: the recipe yaml's ``dataset`` and ``method``

@@ -157,7 +157,7 @@ def main(argv):
         hparams = load_hyperpyyaml(fin, overrides)
     out = pathlib.Path(hparams["output_folder"])
     out.mkdir(parents=True, exist_ok=True)
-    seed = f"--seed={hparams['seed']}"
+    seed = "--seed={}".format(hparams["seed"])
 
     print("[1/4] Writing the synthetic source and target tasks")
     source, target = generate_data(hparams)
@@ -167,7 +167,7 @@ def main(argv):
         hparams["pretrain_hparams"],
         out / "pretrain",
         f"--data_folder={source}",
-        f"--number_of_epochs={hparams['pretrain_epochs']}",
+        "--number_of_epochs={}".format(hparams["pretrain_epochs"]),
         seed,
     )
     backbone_folder = out / "pretrained_ast"
@@ -186,7 +186,7 @@ def main(argv):
             run_folder,
             f"--data_folder={target}",
             f"--backbone_source={backbone_folder}",
-            f"--number_of_epochs={hparams['target_epochs']}",
+            "--number_of_epochs={}".format(hparams["target_epochs"]),
             seed,
         )
         counts = summarize(dict(brain.modules))

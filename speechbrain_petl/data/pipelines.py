@@ -48,36 +48,41 @@ def read_labels(csv_path):
         return {row["label"] for row in reader}
 
 
-def classification_datasets(hparams):
+def classification_datasets(
+    csv_files, label_encoder, label_encoder_file, n_classes=None, sample_rate=16000, max_audio_samples=None
+):
     """Train/valid/test datasets and a fitted label encoder.
 
-    Reads ``train_csv``, ``valid_csv``, ``test_csv``, ``label_encoder``,
-    ``save_folder`` and the optional ``sample_rate`` (default 16000) and
-    ``max_audio_samples`` (crop longer clips) from ``hparams``. The encoder
-    maps the sorted training labels to 0..K-1 and is saved as
-    ``<save_folder>/label_encoder.txt`` (reloaded, never rebuilt, on resume).
+    Arguments
+    ---------
+    csv_files : dict
+        ``{"train": path, "valid": path, "test": path}``: prepared manifests.
+    label_encoder : speechbrain.dataio.encoder.CategoricalEncoder
+        Fitted here: the sorted training labels map to 0..K-1.
+    label_encoder_file : str
+        Where the encoder is saved (and reloaded, never rebuilt, on resume).
+    n_classes : int, optional
+        The head's width; more training labels than this is an error.
+    sample_rate : int
+        The rate clips are loaded at (resampled if needed).
+    max_audio_samples : int, optional
+        Longer clips are cropped to this many samples.
 
     Returns
     -------
     dict
-        ``{"train": ..., "valid": ..., "test": ...}``.
+        ``{"train": ..., "valid": ..., "test": ...}``: datasets yielding
+        ``id``, ``sig`` and ``label_encoded``.
     """
-    sample_rate = hparams.get("sample_rate", 16000)
-    max_samples = hparams.get("max_audio_samples")
-    encoder = hparams["label_encoder"]
-    paths = {
-        "train": hparams["train_csv"],
-        "valid": hparams["valid_csv"],
-        "test": hparams["test_csv"],
-    }
+    missing = {"train", "valid", "test"} - set(csv_files)
+    if missing:
+        raise KeyError(f"csv_files needs train, valid and test manifests; missing: {sorted(missing)}")
+    paths = {split: csv_files[split] for split in ("train", "valid", "test")}
+    encoder, max_samples = label_encoder, max_audio_samples
 
     train_labels = read_labels(paths["train"])
-    encoder.load_or_create(
-        path=os.path.join(hparams["save_folder"], "label_encoder.txt"),
-        from_iterables=[sorted(train_labels)],
-    )
+    encoder.load_or_create(path=label_encoder_file, from_iterables=[sorted(train_labels)])
     encoder.expect_len(len(encoder))
-    n_classes = hparams.get("n_classes")
     if n_classes is not None and len(encoder) > n_classes:
         raise ValueError(
             f"{paths['train']} has {len(encoder)} labels but n_classes is {n_classes}."
