@@ -549,10 +549,12 @@ def main(argv):
     for option in options:
         if option.startswith("--backbone_source="):
             backbone_source = option.split("=", 1)[1]
-        elif option in ("--merged", "--peft") and kind is None:
+        elif option in ("--merged", "--peft"):
+            if kind is not None:
+                raise SystemExit(f"--{kind} and {option}: choose one export format.")
             kind = option[2:]
         else:
-            raise SystemExit(f"Unknown or repeated option {option}; see python -m speechbrain_petl.export --help")
+            raise SystemExit(f"Unknown option {option}; see python -m speechbrain_petl.export --help")
     if kind == "merged" and backbone_source is not None:
         raise SystemExit("--merged writes every weight into DEST; --backbone_source does not apply.")
     if not 1 <= len(positional) <= 2 or (kind and len(positional) != 2):

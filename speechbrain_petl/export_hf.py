@@ -399,13 +399,10 @@ def write_peft_adapter(dest, backbone, head, encoder, base_model=None):
         is not part of the adapter (``modules_to_save``).
     """
     _, lora = single_lora(backbone)
-    if isinstance(backbone, AST) and backbone.max_frames != backbone.config.max_length:
-        raise NotRepresentable(
-            f"The run's AST uses max_frames={backbone.max_frames}, its source {backbone.source!r} "
-            f"has max_length={backbone.config.max_length} (other position embeddings): PEFT would "
-            "put the adapter on another model. Write a base model at the run's length with "
-            "AST(source, max_frames=...).save_pretrained(folder) and pass base_model=folder."
-        )
+    if isinstance(backbone, AST):
+        _check_base_length(backbone, base_model)
+    if base_model is not None and pathlib.Path(base_model).is_dir():
+        _check_same_weights(backbone, base_model)
     labels = output_labels(encoder, head_outputs(head))
     model_class, prefix, to_save = peft_base(backbone, head)
     names = hf_module_names(backbone)
@@ -463,6 +460,39 @@ def write_peft_adapter(dest, backbone, head, encoder, base_model=None):
             save_file(_plain(head_state), partial / "head.safetensors")
         (partial / "README.md").write_text(card)
     return pathlib.Path(dest)
+
+
+def _check_base_length(backbone, base_model):
+    """Refuses an AST base model whose ``max_length`` (hence position
+    embeddings) differs from the run's ``max_frames``."""
+    where, length = repr(backbone.source), backbone.config.max_length
+    if base_model is not None:
+        config_file = pathlib.Path(base_model) / "config.json"
+        if not config_file.is_file():
+            raise NotRepresentable(
+                f"base_model {base_model!r}: no config.json there; for an AST adapter, pass the "
+                "local folder of the base model so its max_length can be checked."
+            )
+        where, length = f"{base_model!r}", json.loads(config_file.read_text()).get("max_length")
+    if length != backbone.max_frames:
+        raise NotRepresentable(
+            f"The run's AST uses max_frames={backbone.max_frames}; the base model {where} has "
+            f"max_length={length} (other position embeddings), so PEFT would put the adapter on "
+            "another model. Write the base at the run's length, "
+            f"AST({backbone.source!r}, max_frames={backbone.max_frames}).save_pretrained(folder), "
+            "and pass that folder (--backbone_source=folder)."
+        )
+
+
+def _check_same_weights(backbone, base_model):
+    """Loads the lobe from ``base_model`` and refuses other weights than the
+    run's (the fingerprint decides, as for inference folders)."""
+    args = {**backbone.constructor_args(), "source": str(base_model), "pretrained": True}
+    other = type(backbone)(**args)
+    try:
+        other.check_fingerprint(backbone.fingerprint(), source="the run")
+    except RuntimeError as err:
+        raise NotRepresentable(f"base_model {str(base_model)!r} is not the run's backbone: {err}") from None
 
 
 def _plain(tensors):
