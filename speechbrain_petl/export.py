@@ -572,7 +572,8 @@ def main(argv):
                 )
             else:
                 dest = export_hf.write_peft_adapter(
-                    positional[1], run["backbone"], run["head"], run["label_encoder"], backbone_source
+                    positional[1], run["backbone"], run["head"], run["label_encoder"], backbone_source,
+                    run["sample_rate"],
                 )
         except export_hf.NotRepresentable as err:
             raise SystemExit(f"{positional[0]}: not exported. {err}") from None

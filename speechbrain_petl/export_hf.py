@@ -304,9 +304,10 @@ def write_merged_model(dest, backbone, head, encoder, sample_rate=16000):
     card = (
         f"# {type(model).__name__} exported by speechbrain_petl\n\nMethods merged: "
         f"{', '.join(f'{n} ({type(m).__name__})' for n, m in backbone.petl.items()) or 'none'}.\n\n"
-        "```python\nfrom transformers import pipeline\n\n"
+        "```python\nimport soundfile\nfrom transformers import pipeline\n\n"
         'classify = pipeline("audio-classification", model="<this folder>")\n'
-        'print(classify("clip.wav", top_k=None))\n```\n'
+        'wav, rate = soundfile.read("clip.wav", dtype="float32")  # a file name needs ffmpeg\n'
+        'print(classify({"raw": wav, "sampling_rate": rate}, top_k=None))\n```\n'
     )
     with _new_folder(dest) as partial:
         model.save_pretrained(partial)
@@ -375,7 +376,7 @@ def peft_base(backbone, head):
     return type(backbone.__dict__["_hf_model"]).__name__, "", None
 
 
-def write_peft_adapter(dest, backbone, head, encoder, base_model=None):
+def write_peft_adapter(dest, backbone, head, encoder, base_model=None, sample_rate=16000):
     """Writes the run's LoRA as a PEFT adapter folder.
 
     Arguments
@@ -389,14 +390,19 @@ def write_peft_adapter(dest, backbone, head, encoder, base_model=None):
     encoder : speechbrain.dataio.encoder.CategoricalEncoder
         The run's labels.
     base_model : str, optional
-        ``base_model_name_or_path`` to record (default: the lobe's source).
+        ``base_model_name_or_path`` to record (default: the lobe's source);
+        a local folder is checked to hold the run's weights.
+    sample_rate : int
+        Rate of the waveforms (Wav2Vec2; AST's is its fbank's).
 
     Returns
     -------
     pathlib.Path
         ``dest``: ``adapter_config.json``, ``adapter_model.safetensors``,
-        ``labels.json``, ``README.md``, and ``head.safetensors`` when the head
-        is not part of the adapter (``modules_to_save``).
+        ``preprocessor_config.json`` (the run's input settings, for
+        ``AutoFeatureExtractor``), ``labels.json``, ``README.md``, and
+        ``head.safetensors`` when the head is not part of the adapter
+        (``modules_to_save``).
     """
     _, lora = single_lora(backbone)
     if isinstance(backbone, AST):
@@ -451,6 +457,7 @@ def write_peft_adapter(dest, backbone, head, encoder, base_model=None):
         save_file(_plain(tensors), partial / "adapter_model.safetensors")
         (partial / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
         (partial / "labels.json").write_text(json.dumps(labels, indent=1) + "\n")
+        feature_extractor(backbone, sample_rate).save_pretrained(partial)
         if not to_save:
             head_state = {"weight": linear.weight}
             if linear.bias is not None:
@@ -510,7 +517,8 @@ def _peft_card(backbone, head, model_class, labels, config, to_save):
         "",
         f"Rank {config['r']}, lora_alpha {config['lora_alpha']} (scaling "
         f"{config['lora_alpha'] / config['r']}), {len(config['target_modules'])} projections.",
-        "Labels, one per output: `labels.json`.",
+        "Labels, one per output: `labels.json`; the run's input settings: "
+        "`AutoFeatureExtractor.from_pretrained(\"<this folder>\")`.",
         "",
         "```python",
         f"from transformers import {model_class}",

@@ -97,6 +97,11 @@ def test_merged_ast_folder_classifies_as_our_model_through_the_pipeline(tiny_ast
     assert config["architectures"] == ["ASTForAudioClassification"] and config["max_length"] == 48
     assert config["id2label"] == {str(i): label for i, label in enumerate(OUTPUTS)}
     assert config["label2id"] == {label: i for i, label in enumerate(OUTPUTS)}
+    # Nothing of ours is left in it: the tensors of a plain model of that config.
+    plain = ASTForAudioClassification(ASTForAudioClassification.config_class.from_pretrained(dest))
+    stored = load_file(str(dest / "model.safetensors"))
+    shapes = sorted(tuple(v.shape) for v in plain.state_dict().values())
+    assert sorted(tuple(v.shape) for v in stored.values()) == shapes  # (saved under transformers 4.x names)
     # The pipeline's features are ours: same fbank, length and normalisation.
     extractor = AutoFeatureExtractor.from_pretrained(dest)
     assert isinstance(extractor, ASTFeatureExtractor)
@@ -193,7 +198,7 @@ def test_a_recipe_like_ast_adapter_goes_on_ASTModel_with_the_head_beside_it(tiny
     assert sorted(config["target_modules"])[0] == "layers.0.attention.q_proj"
     model = PeftModel.from_pretrained(ASTModel.from_pretrained(tiny_ast_dir), str(dest)).eval()
     stored = load_file(str(dest / "head.safetensors"))
-    extractor = ASTFeatureExtractor(max_length=64)
+    extractor = AutoFeatureExtractor.from_pretrained(dest)  # the run's input settings travel
     for wav in CLIPS:
         x = extractor(wav.numpy(), sampling_rate=16000, return_tensors="pt")["input_values"]
         with torch.no_grad():
