@@ -648,6 +648,8 @@ def _check_peft_config(config, where):
         "lora_bias": False,
         "rank_pattern": {},
         "alpha_pattern": {},
+        "layer_replication": None,
+        "target_parameters": None,
     }
     wrong = {k: config.get(k) for k, v in expected.items() if config.get(k, v) != v and config.get(k) is not None}
     if wrong:

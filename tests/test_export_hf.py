@@ -143,6 +143,8 @@ def test_merged_export_refuses_what_transformers_cannot_compute(tiny_ast_dir, ti
     cls_dist = AST(tiny_ast_dir, max_frames=64, pooling="cls_dist", petl=LoRA(rank=2))
     with pytest.raises(export_hf.NotRepresentable, match=r"eps 1e-05.*eps 1e-12"):
         export_hf.write_merged_model(tmp_path / "a", cls_dist, hf_shaped_head(eps=1e-5), ENCODER)
+    with pytest.raises(ValueError, match="Wav2Vec2 has no CLS and distillation tokens"):
+        Wav2Vec2(tiny_w2v2_dir, pooling="cls_dist")
     # Methods that do not become plain weights: named, and the lobe is left as it was.
     adapted = trained(Wav2Vec2(tiny_w2v2_dir, petl={"adapter": conformer()}))
     before = snapshot(adapted)
