@@ -13,7 +13,8 @@ for ``transformers.pipeline("audio-classification", model=DEST)``; ``--peft``
 writes a LoRA run as a PEFT adapter (``--backbone_source`` is then its
 ``base_model_name_or_path``). Both refuse, naming what differs, a run that
 transformers' model cannot compute exactly (see
-:mod:`speechbrain_petl.export_hf`). Without either flag:
+:mod:`speechbrain_petl.export_hf` and :mod:`speechbrain_petl.export_peft`).
+Without either flag:
 
 reads a finished recipe run (its ``hyperparams.yaml`` and best checkpoint by
 validation accuracy) and writes ``DEST`` (default ``OUTPUT_FOLDER/inference``;
@@ -562,7 +563,7 @@ def main(argv):
     if kind is None:
         dest = export_run(*positional, backbone_source=backbone_source)
     else:
-        from speechbrain_petl import export_hf
+        from speechbrain_petl import export_hf, export_peft
 
         run = load_run(positional[0])
         try:
@@ -571,7 +572,7 @@ def main(argv):
                     positional[1], run["backbone"], run["head"], run["label_encoder"], run["sample_rate"]
                 )
             else:
-                dest = export_hf.write_peft_adapter(
+                dest = export_peft.write_peft_adapter(
                     positional[1], run["backbone"], run["head"], run["label_encoder"], backbone_source,
                     run["sample_rate"],
                 )

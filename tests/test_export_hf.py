@@ -21,7 +21,7 @@ from transformers import (
 from method_zoo import conformer, perturb_petl_
 from mini_datasets import make_speech_commands
 from recipe_utils import REPO, load_recipe_module
-from speechbrain_petl import export, export_hf
+from speechbrain_petl import export, export_hf, export_peft
 from speechbrain_petl.backbones import AST, Wav2Vec2
 from speechbrain_petl.backbones.wav2vec2 import normalize
 from speechbrain_petl.data.audio import load_audio
@@ -174,7 +174,7 @@ def test_peft_adapter_on_the_classification_model_equals_ours(kind, tiny_ast_dir
         lobe, head = trained(Wav2Vec2(tiny_w2v2_dir, petl=lora)), linear_head()
         base = Wav2Vec2ForSequenceClassification.from_pretrained(tiny_w2v2_dir, num_labels=4, classifier_proj_size=4)
         inputs = [normalize(w[None]) for w in CLIPS]
-    dest = export_hf.write_peft_adapter(tmp_path / "adapter", lobe, head, ENCODER)
+    dest = export_peft.write_peft_adapter(tmp_path / "adapter", lobe, head, ENCODER)
     config = json.loads((dest / "adapter_config.json").read_text())
     # Scaling: ours alpha / rank = 0.125 is PEFT's lora_alpha / r, without rsLoRA.
     assert (config["r"], config["lora_alpha"], config["use_rslora"]) == (6, 0.75, False)
@@ -194,7 +194,7 @@ def test_peft_adapter_on_the_classification_model_equals_ours(kind, tiny_ast_dir
 
 def test_a_recipe_like_ast_adapter_goes_on_ASTModel_with_the_head_beside_it(tiny_ast_dir, tmp_path):
     lobe, head = trained(AST(tiny_ast_dir, max_frames=64, petl=LoRA(rank=6, alpha=0.75))), linear_head()
-    dest = export_hf.write_peft_adapter(tmp_path / "adapter", lobe, head, ENCODER)
+    dest = export_peft.write_peft_adapter(tmp_path / "adapter", lobe, head, ENCODER)
     config = json.loads((dest / "adapter_config.json").read_text())
     assert config["modules_to_save"] is None
     assert sorted(config["target_modules"])[0] == "layers.0.attention.q_proj"
@@ -216,9 +216,9 @@ def test_a_recipe_like_ast_adapter_goes_on_ASTModel_with_the_head_beside_it(tiny
 def test_peft_round_trip_gives_back_our_lora(tiny_ast_dir, tmp_path):
     lora = LoRA(rank=6, alpha=0.75, targets=["attention.query", "attention.value"], dropout=0.1, layers=[0])
     lobe, head = trained(AST(tiny_ast_dir, max_frames=64, petl={"task": lora})), linear_head()
-    dest = export_hf.write_peft_adapter(tmp_path / "adapter", lobe, head, ENCODER)
+    dest = export_peft.write_peft_adapter(tmp_path / "adapter", lobe, head, ENCODER)
     fresh = AST(tiny_ast_dir, max_frames=64).eval()
-    imported, others = export_hf.lora_from_peft(dest, fresh, name="task")
+    imported, others = export_peft.lora_from_peft(dest, fresh, name="task")
     assert others == {}
     assert imported.constructor_args() == lora.constructor_args()
     assert imported.scaling == lora.scaling == 0.125
@@ -240,7 +240,7 @@ def test_an_adapter_made_by_peft_imports_as_our_lora(tiny_ast_dir, tmp_path):
     model.save_pretrained(tmp_path / "peft")
     model.eval()
     lobe = AST(tiny_ast_dir, max_frames=64, pooling=None).eval()
-    lora, others = export_hf.lora_from_peft(tmp_path / "peft", lobe)
+    lora, others = export_peft.lora_from_peft(tmp_path / "peft", lobe)
     assert (lora.rank, lora.targets, lora.layer_selection) == (4, ["attention.query", "mlp.fc1"], [1])
     assert lora.scaling == pytest.approx(3.0 / 2.0, rel=1e-15)
     assert sorted(others) == ["classifier.dense.bias", "classifier.dense.weight",
@@ -257,25 +257,25 @@ def test_an_adapter_made_by_peft_imports_as_our_lora(tiny_ast_dir, tmp_path):
     assert old.keys() != state.keys()
     save_file(old, str(tmp_path / "peft" / "adapter_model.safetensors"))
     again = AST(tiny_ast_dir, max_frames=64, pooling=None).eval()
-    export_hf.lora_from_peft(tmp_path / "peft", again)
+    export_peft.lora_from_peft(tmp_path / "peft", again)
     assert all(torch.equal(v, lobe.trainable_state_dict()[k]) for k, v in again.trainable_state_dict().items())
     # What our LoRA has no place for is refused, by name.
     config_file = tmp_path / "peft" / "adapter_config.json"
     config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "use_dora": True}))
     with pytest.raises(export_hf.NotRepresentable, match="'use_dora': True"):
-        export_hf.lora_from_peft(tmp_path / "peft", AST(tiny_ast_dir, max_frames=64))
+        export_peft.lora_from_peft(tmp_path / "peft", AST(tiny_ast_dir, max_frames=64))
 
 
 def test_peft_export_refuses_what_an_adapter_cannot_hold(tiny_ast_dir, tmp_path):
     with pytest.raises(export_hf.NotRepresentable, match=r"\{'bitfit': 'BitFit'\}"):
-        export_hf.write_peft_adapter(tmp_path / "a", AST(tiny_ast_dir, max_frames=64, petl=BitFit()),
+        export_peft.write_peft_adapter(tmp_path / "a", AST(tiny_ast_dir, max_frames=64, petl=BitFit()),
                                      linear_head(), ENCODER)
     shorter = AST(tiny_ast_dir, max_frames=48, petl=LoRA(rank=2))
     with pytest.raises(export_hf.NotRepresentable, match="max_frames=48.*max_length=64"):
-        export_hf.write_peft_adapter(tmp_path / "a", shorter, linear_head(), ENCODER)
+        export_peft.write_peft_adapter(tmp_path / "a", shorter, linear_head(), ENCODER)
     other = save_tiny_ast(tmp_path / "other_weights", seed=1, max_length=48)
     with pytest.raises(export_hf.NotRepresentable, match="is not the run's backbone"):
-        export_hf.write_peft_adapter(tmp_path / "a", shorter, linear_head(), ENCODER, base_model=other)
+        export_peft.write_peft_adapter(tmp_path / "a", shorter, linear_head(), ENCODER, base_model=other)
 
 
 def test_an_hf_shaped_head_travels_in_inference_folders(tiny_ast_dir, tmp_path):
