@@ -3,6 +3,18 @@
 Usage::
 
     python -m speechbrain_petl.export OUTPUT_FOLDER [DEST] [--backbone_source=ID_OR_FOLDER]
+    python -m speechbrain_petl.export --merged OUTPUT_FOLDER DEST
+    python -m speechbrain_petl.export --peft OUTPUT_FOLDER DEST [--backbone_source=ID_OR_FOLDER]
+
+``--merged`` writes the run (LoRA, BitFit, linear probing or full
+fine-tuning merged into the weights) as a plain transformers
+``ASTForAudioClassification`` / ``Wav2Vec2ForSequenceClassification`` folder
+for ``transformers.pipeline("audio-classification", model=DEST)``; ``--peft``
+writes a LoRA run as a PEFT adapter (``--backbone_source`` is then its
+``base_model_name_or_path``). Both refuse, naming what differs, a run that
+transformers' model cannot compute exactly (see
+:mod:`speechbrain_petl.export_hf` and :mod:`speechbrain_petl.export_peft`).
+Without either flag:
 
 reads a finished recipe run (its ``hyperparams.yaml`` and best checkpoint by
 validation accuracy) and writes ``DEST`` (default ``OUTPUT_FOLDER/inference``;
@@ -268,7 +280,26 @@ def inference_yaml(
 
 
 def head_spec(head):
-    """The yaml object that rebuilds ``head`` (a linear layer)."""
+    """The yaml object that rebuilds ``head``: a linear layer, alone or after
+    a LayerNorm (``torch.nn.Sequential(LayerNorm, linear)``, the shape of
+    transformers' AST classifier)."""
+    if type(head) is torch.nn.Sequential and len(head) == 2 and type(head[0]) is torch.nn.LayerNorm:
+        norm = head[0]
+        return New(
+            "torch.nn.Sequential",
+            args=[
+                New(
+                    "torch.nn.LayerNorm",
+                    {
+                        "normalized_shape": list(norm.normalized_shape),
+                        "eps": norm.eps,
+                        "elementwise_affine": norm.elementwise_affine,
+                        "bias": norm.bias is not None,
+                    },
+                ),
+                head_spec(head[1]),
+            ],
+        )
     if isinstance(head, SpeechBrainLinear):
         return New(
             "speechbrain.nnet.linear.Linear",
@@ -281,7 +312,8 @@ def head_spec(head):
         )
     raise TypeError(
         f"The head is a {type(head).__name__}; an inference folder can describe a "
-        "speechbrain.nnet.linear.Linear or torch.nn.Linear head."
+        "speechbrain.nnet.linear.Linear or torch.nn.Linear head, alone or as "
+        "torch.nn.Sequential(torch.nn.LayerNorm, linear)."
     )
 
 
@@ -509,20 +541,42 @@ def run_card(output_folder, backbone):
 
 
 def main(argv):
-    """Entry point of ``python -m speechbrain_petl.export``.
-
-    ``python -m speechbrain_petl.export OUTPUT_FOLDER [DEST] [--backbone_source=...]``."""
+    """Entry point of ``python -m speechbrain_petl.export`` (see the module doc):
+    ``[--merged | --peft] OUTPUT_FOLDER [DEST] [--backbone_source=...]``."""
     options = [a for a in argv if a.startswith("--")]
     positional = [a for a in argv if not a.startswith("--")]
-    backbone_source = None
+    backbone_source, kind = None, None
     for option in options:
         if option.startswith("--backbone_source="):
             backbone_source = option.split("=", 1)[1]
+        elif option in ("--merged", "--peft"):
+            if kind is not None:
+                raise SystemExit(f"--{kind} and {option}: choose one export format.")
+            kind = option[2:]
         else:
             raise SystemExit(f"Unknown option {option}; see python -m speechbrain_petl.export --help")
-    if not 1 <= len(positional) <= 2:
+    if kind == "merged" and backbone_source is not None:
+        raise SystemExit("--merged writes every weight into DEST; --backbone_source does not apply.")
+    if not 1 <= len(positional) <= 2 or (kind and len(positional) != 2):
         raise SystemExit(__doc__)
-    dest = export_run(*positional, backbone_source=backbone_source)
+    if kind is None:
+        dest = export_run(*positional, backbone_source=backbone_source)
+    else:
+        from speechbrain_petl import export_hf, export_peft
+
+        run = load_run(positional[0])
+        try:
+            if kind == "merged":
+                dest = export_hf.write_merged_model(
+                    positional[1], run["backbone"], run["head"], run["label_encoder"], run["sample_rate"]
+                )
+            else:
+                dest = export_peft.write_peft_adapter(
+                    positional[1], run["backbone"], run["head"], run["label_encoder"], backbone_source,
+                    run["sample_rate"],
+                )
+        except export_hf.NotRepresentable as err:
+            raise SystemExit(f"{positional[0]}: not exported. {err}") from None
     total = sum(p.stat().st_size for p in dest.iterdir())
     print(f"Wrote {dest} ({total / 1e6:.2f} MB)")
     return dest

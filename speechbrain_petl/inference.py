@@ -75,7 +75,10 @@ def output_labels(encoder, n_outputs):
 
 
 def head_outputs(head):
-    """Number of output units of a linear head (SpeechBrain's or torch's)."""
+    """Number of output units of a linear head (SpeechBrain's or torch's),
+    alone or last in a ``torch.nn.Sequential`` (e.g. after a LayerNorm)."""
+    if isinstance(head, torch.nn.Sequential) and len(head):
+        head = head[-1]
     linear = getattr(head, "w", head)
     if not isinstance(linear, torch.nn.Linear):
         raise TypeError(f"Expected a linear head, got {type(head).__name__}.")

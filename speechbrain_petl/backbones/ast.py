@@ -41,7 +41,9 @@ class AST(Backbone):
     max_frames : int
         Number of 10 ms fbank frames per clip (e.g. 100 for 1 s clips).
     pooling : str or None
-        ``"mean"`` over output tokens (default), ``"cls"``, or None for tokens.
+        ``"mean"`` over output tokens (default), ``"cls"``, ``"cls_dist"``
+        (mean of the CLS and distillation tokens, as ``ASTModel``'s
+        ``pooler_output``), or None for tokens.
     petl : PETLMethod, list or dict, optional
         PETL methods to attach (a dict gives their names).
     sample_rate : int

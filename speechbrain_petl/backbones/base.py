@@ -24,7 +24,8 @@ class then
   method name; ``self.petl`` can only change through ``attach``/``detach``,
   so the two never drift apart;
 * identifies the frozen weights by a content hash (:meth:`fingerprint`);
-* pools the final token sequence (mean over real tokens, or CLS).
+* pools the final token sequence (mean over real tokens, CLS, or CLS and
+  distillation tokens).
 """
 
 import abc
@@ -41,7 +42,7 @@ from speechbrain_petl.sites import Site
 
 logger = logging.getLogger(__name__)
 
-POOLINGS = ("mean", "cls", None)
+POOLINGS = ("mean", "cls", "cls_dist", None)
 
 
 class Backbone(MethodHost, TrainedState, nn.Module, abc.ABC):
@@ -59,7 +60,10 @@ class Backbone(MethodHost, TrainedState, nn.Module, abc.ABC):
     ---------
     pooling : str or None
         ``"mean"`` (mean over all real output tokens, the paper's choice),
-        ``"cls"`` (first token; only for backbones with a CLS token) or None
+        ``"cls"`` (first token; only for backbones with a CLS token),
+        ``"cls_dist"`` (mean of the first two tokens: AST's CLS and
+        distillation tokens, as transformers' ``ASTModel`` pools; what
+        ``python -m speechbrain_petl.export --merged`` needs for AST) or None
         (return the whole token sequence).
     """
 
@@ -77,6 +81,10 @@ class Backbone(MethodHost, TrainedState, nn.Module, abc.ABC):
         if self.pooling == "cls" and self.num_special_tokens == 0:
             raise ValueError(
                 f"{type(self).__name__} has no CLS token; use pooling: mean."
+            )
+        if self.pooling == "cls_dist" and self.num_special_tokens < 2:
+            raise ValueError(
+                f"{type(self).__name__} has no CLS and distillation tokens; use pooling: mean."
             )
         for param in self.parameters():
             param.requires_grad_(False)
@@ -191,6 +199,8 @@ class Backbone(MethodHost, TrainedState, nn.Module, abc.ABC):
             return x
         if self.pooling == "cls":
             return x[:, 0]
+        if self.pooling == "cls_dist":
+            return (x[:, 0] + x[:, 1]) / 2
         if mask is None:
             return x.mean(dim=1)
         weights = mask.unsqueeze(-1).to(x.dtype)
