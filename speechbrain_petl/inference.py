@@ -16,6 +16,11 @@ fingerprint the run recorded. The folder loads with
 
 Both interfaces return SpeechBrain's usual ``(log-probabilities, best
 log-probability, best index, labels)``.
+
+Several inference folders made on the same backbone load onto one resident
+backbone with :class:`MultiTaskClassifier` (from
+:mod:`speechbrain_petl.multitask`, also importable from here), which routes
+each sample of a batch to its own task.
 """
 
 import os
@@ -241,3 +246,12 @@ class AudioClassifier(EncoderClassifier):
                 f"{what} has {wav.numel()} samples; this model needs at least {minimum} "
                 f"({1000 * minimum / self.sample_rate:.0f} ms at {self.sample_rate} Hz)."
             )
+
+
+def __getattr__(name):
+    """``MultiTaskClassifier``, imported on first use (its module imports this one)."""
+    if name == "MultiTaskClassifier":
+        from speechbrain_petl.multitask import MultiTaskClassifier
+
+        return MultiTaskClassifier
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

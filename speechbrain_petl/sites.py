@@ -19,7 +19,14 @@ per owner name, what was attached to it:
   owners (inactive methods, merged ones);
 * ``fold(owner, values)`` writes new values into the frozen module's
   parameters (merging) and keeps the originals, which ``unfold(owner)``
-  puts back bit for bit.
+  puts back bit for bit;
+* ``route(rows)`` (one backbone serving several tasks in one batch): while
+  set, only the owners it names run, each on its own rows of the batch
+  (``{owner: LongTensor of batch indices, or None for every row}``),
+  whatever the active set. Hooks see just their rows; overridden parameters
+  become per-sample tensors. Sites that change the number of tokens or keys
+  (:class:`TokenSite`, :class:`KeyValueSite`) refuse an owner routed to part
+  of a batch: such methods run on a sub-batch of their own.
 
 Site kinds and the hook signature each expects:
 
@@ -73,6 +80,7 @@ class Site(nn.Module):
         # duplicate every PETL tensor in the backbone's state_dict.
         self._hooks: Dict[str, Callable] = {}
         self._skipped = frozenset()
+        self._routes: Optional[Dict[str, Optional[torch.Tensor]]] = None
 
     def attach(self, name: str, hook: Callable):
         """Adds ``hook`` under ``name``; hooks run in the order attached."""
@@ -100,9 +108,55 @@ class Site(nn.Module):
         now on; ``skip(())`` runs everything again."""
         self._skipped = frozenset(names)
 
+    def route(self, rows):
+        """Runs only the owners in ``rows``, each on its rows of the batch
+        (see the module docstring); ``route(None)`` ends the routing."""
+        self._routes = None if rows is None else dict(rows)
+
+    def _runs(self, owner):
+        """Whether ``owner``'s hooks and overrides take part in a call."""
+        if self._routes is not None:
+            return owner in self._routes
+        return owner not in self._skipped
+
+    def running_hooks(self):
+        """``(owner, hook, rows)`` of the hooks that run, in order; ``rows``
+        is None when the hook sees the whole batch."""
+        routes = self._routes or {}
+        return [(name, hook, routes.get(name)) for name, hook in self._hooks.items() if self._runs(name)]
+
     def active_hooks(self):
         """The hooks that run, in order."""
-        return [hook for name, hook in self._hooks.items() if name not in self._skipped]
+        return [hook for _, hook, _ in self.running_hooks()]
+
+    def _whole_batch_hooks(self):
+        """The running hooks of a site that changes the number of tokens or keys."""
+        hooks = []
+        for name, hook, rows in self.running_hooks():
+            if rows is not None:
+                raise RuntimeError(
+                    f"'{name}' changes the number of tokens or keys at {type(self).__name__}: it "
+                    "cannot run on part of a batch. Run its samples as a sub-batch of their own."
+                )
+            hooks.append(hook)
+        return hooks
+
+
+def on_rows(rows, hook, x, y, *extra):
+    """``hook(x, y, *extra)`` applied to the ``rows`` of the batch only (all
+    rows when ``rows`` is None); the other rows of ``y`` pass unchanged.
+    ``extra`` are batch-first tensors or None (e.g. a padding mask).
+
+    Example
+    -------
+    >>> y = on_rows(torch.tensor([1]), lambda x, y: y + x, torch.ones(2, 3), torch.zeros(2, 3))
+    >>> y[:, 0].tolist()
+    [0.0, 1.0]
+    """
+    if rows is None:
+        return hook(x, y, *extra)
+    pick = [None if t is None else t.index_select(0, rows) for t in (x, y) + extra]
+    return y.index_copy(0, rows, hook(*pick))
 
 
 class _ParameterSite(Site, abc.ABC):
@@ -172,16 +226,29 @@ class _ParameterSite(Site, abc.ABC):
         """The tensor to use for ``name``: the active override, else the
         frozen one (which holds the override's values once it is folded)."""
         for owner, value in self._overrides.get(name, {}).items():
-            if owner not in self._skipped and not self._is_folded(owner):
+            if self._runs(owner):
                 return value
         return getattr(self.wrapped, name)
 
-    def active_hooks(self):
-        """The hooks that run: neither skipped nor folded into the weights."""
-        return [
-            hook for name, hook in self._hooks.items()
-            if name not in self._skipped and not self._is_folded(name)
-        ]
+    def routed_param(self, name: str, batch: int):
+        """``(tensor, per_sample)`` for ``name`` under routing: the shared
+        tensor (``per_sample`` False), or, when routed owners override it for
+        part of the batch, a ``(batch, *shape)`` stack holding each sample's
+        own values (its owner's override, else the frozen tensor)."""
+        frozen = getattr(self.wrapped, name)
+        owners = [(o, v) for o, v in self._overrides.get(name, {}).items() if o in self._routes]
+        if not owners:
+            return frozen, False
+        if len(owners) == 1 and self._routes[owners[0][0]] is None:
+            return owners[0][1], False
+        choice = torch.zeros(batch, dtype=torch.long, device=frozen.device)
+        for index, (owner, _) in enumerate(owners, start=1):
+            rows = self._routes[owner]
+            choice[slice(None) if rows is None else rows] = index
+        return torch.stack([frozen] + [value for _, value in owners])[choice], True
+
+    def _runs(self, owner):
+        return super()._runs(owner) and not self._is_folded(owner)
 
     def _is_folded(self, owner):
         return any(o == owner for stack in self._folds.values() for o, _ in stack)
@@ -215,8 +282,8 @@ class _ParameterSite(Site, abc.ABC):
         return {owner for stack in self._folds.values() for owner, _ in stack}
 
     def _run_hooks(self, x, y):
-        for hook in self.active_hooks():
-            y = hook(x, y)
+        for _, hook, rows in self.running_hooks():
+            y = on_rows(rows, hook, x, y)
         return y
 
 
@@ -256,7 +323,17 @@ class LinearSite(_ParameterSite):
 
     def forward(self, x):
         """Runs the site on ``x`` (see the class docstring for the hooks' signature)."""
-        y = F.linear(x, self.param("weight"), self.param("bias"))
+        if self._routes is None:
+            y = F.linear(x, self.param("weight"), self.param("bias"))
+            return self._run_hooks(x, y)
+        weight, per_sample = self.routed_param("weight", x.shape[0])
+        if per_sample:
+            raise RuntimeError("Routed owners replace this projection's weight for part of the batch: not supported.")
+        bias, per_sample = self.routed_param("bias", x.shape[0])
+        if per_sample:
+            y = F.linear(x, weight) + _per_row(bias, x)
+        else:
+            y = F.linear(x, weight, bias)
         return self._run_hooks(x, y)
 
 
@@ -281,13 +358,16 @@ class NormSite(_ParameterSite):
 
     def forward(self, x):
         """Runs the site on ``x`` (see the class docstring for the hooks' signature)."""
-        y = F.layer_norm(
-            x,
-            self.norm.normalized_shape,
-            self.param("weight"),
-            self.param("bias"),
-            self.norm.eps,
-        )
+        if self._routes is None:
+            y = F.layer_norm(x, self.norm.normalized_shape, self.param("weight"), self.param("bias"), self.norm.eps)
+            return self._run_hooks(x, y)
+        weight, weight_per_sample = self.routed_param("weight", x.shape[0])
+        bias, bias_per_sample = self.routed_param("bias", x.shape[0])
+        if weight_per_sample or bias_per_sample:
+            y = F.layer_norm(x, self.norm.normalized_shape, None, None, self.norm.eps)
+            y = y * _per_row(weight, x, weight_per_sample) + _per_row(bias, x, bias_per_sample)
+        else:
+            y = F.layer_norm(x, self.norm.normalized_shape, weight, bias, self.norm.eps)
         return self._run_hooks(x, y)
 
 
@@ -309,8 +389,8 @@ class SublayerSite(Site):
     def forward(self, x, sublayer, mask=None):
         """Runs the site on ``x`` (see the class docstring for the hooks' signature)."""
         y = sublayer(x, mask)
-        for hook in self.active_hooks():
-            y = hook(x, y, mask)
+        for _, hook, rows in self.running_hooks():
+            y = on_rows(rows, hook, x, y, mask)
         return y
 
 
@@ -327,7 +407,7 @@ class TokenSite(Site):
 
     def forward(self, x, mask=None):
         """Runs the site on ``x`` (see the class docstring for the hooks' signature)."""
-        for hook in self.active_hooks():
+        for hook in self._whole_batch_hooks():
             x, mask = hook(x, mask)
         return x, mask
 
@@ -345,9 +425,17 @@ class KeyValueSite(Site):
 
     def forward(self, keys, values, mask=None):
         """Runs the site on ``x`` (see the class docstring for the hooks' signature)."""
-        for hook in self.active_hooks():
+        for hook in self._whole_batch_hooks():
             keys, values, mask = hook(keys, values, mask)
         return keys, values, mask
+
+
+def _per_row(value, x, per_sample=True):
+    """``value`` shaped to broadcast over ``x`` (batch, time, channels): a
+    ``(batch, channels)`` per-sample tensor gets singleton middle dimensions."""
+    if not per_sample:
+        return value
+    return value.view(value.shape[0], *([1] * (x.dim() - 2)), value.shape[-1])
 
 
 def masked_fill_padding(x, mask):

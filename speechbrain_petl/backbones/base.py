@@ -172,11 +172,24 @@ class Backbone(MethodHost, TrainedState, nn.Module, abc.ABC):
     def encode(self, wavs, wav_lens=None, augment=None):
         """Output tokens after the final norm and their mask."""
         x, mask = self.embed(wavs, wav_lens, augment)
-        for block in self.layers:
-            x, mask = block(x, mask)
+        x, mask = self.run_layers(x, mask)
         if self.final_norm is not None:
             x = self.final_norm(x)
         return x, mask
+
+    def run_layers(self, x, mask, start=0, stop=None):
+        """Blocks ``start`` to ``stop - 1`` (default: all) on tokens ``x``
+        ``(batch, time, width)`` and their mask: ``encode`` in parts, so
+        that blocks shared by several tasks run once."""
+        for block in self.layers[start:stop]:
+            x, mask = block(x, mask)
+        return x, mask
+
+    def finish(self, x, mask):
+        """The final norm and the pooling of the last block's tokens."""
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return self.pool(x, mask)
 
     def forward(self, wavs, wav_lens=None, augment=None):
         """Pooled embeddings ``(batch, width)``, or tokens if ``pooling`` is None.

@@ -8,10 +8,12 @@ only through :meth:`MethodHost.attach` and :meth:`MethodHost.detach`, so the
 two never drift apart.
 """
 
+import contextlib
+
 from torch import nn
 
 from speechbrain_petl.methods.base import PETLMethod
-from speechbrain_petl.sites import Site, _ParameterSite
+from speechbrain_petl.sites import KeyValueSite, Site, TokenSite, _ParameterSite
 
 
 class MethodHost:
@@ -141,6 +143,63 @@ class MethodHost:
             owner for site in self.sites() if isinstance(site, _ParameterSite)
             for owner in site.folded_owners()
         }
+
+    @contextlib.contextmanager
+    def routed(self, rows):
+        """Within the block, only the methods in ``rows`` run, each on its
+        rows of the batch: ``{name: LongTensor of batch indices, or None for
+        every row}``; the active set is ignored meanwhile. One forward pass
+        then serves several tasks (see :class:`speechbrain_petl.inference.MultiTaskClassifier`).
+
+        Methods that change the number of tokens or keys (prompts, prefixes;
+        :meth:`needs_own_batch`) can only be routed to a whole batch.
+
+        Example
+        -------
+        >>> import torch
+        >>> from transformers import ASTConfig
+        >>> from speechbrain_petl.backbones import AST
+        >>> from speechbrain_petl.methods import BitFit
+        >>> config = ASTConfig(hidden_size=32, num_hidden_layers=2,
+        ...     num_attention_heads=2, intermediate_size=64, max_length=64)
+        >>> ast = AST(source=config, pretrained=False, max_frames=64)
+        >>> ast.attach(BitFit(), "a", active=False)
+        >>> ast.attach(BitFit(), "b", active=False)
+        >>> with ast.routed({"a": torch.tensor([0, 2]), "b": torch.tensor([1])}):
+        ...     ast(torch.randn(3, 8000)).shape
+        torch.Size([3, 32])
+        """
+        for name in rows:
+            self._method(name)
+        merged = sorted(set(rows) & self.merged)
+        if merged:
+            raise RuntimeError(f"{merged} are merged into the weights: a routed method must not be merged.")
+        sites = list(self.sites())
+        for site in sites:
+            site.route(rows)
+        try:
+            yield self
+        finally:
+            for site in sites:
+                site.route(None)
+
+    def needs_own_batch(self, name):
+        """Whether method ``name`` changes the number of tokens or keys
+        (prompts, prefixes): routed, it must have a (sub-)batch to itself."""
+        self._method(name)
+        return any(
+            name in site.owners() for site in self.sites() if isinstance(site, (TokenSite, KeyValueSite))
+        )
+
+    def first_layer_used(self, names):
+        """The lowest block any of the methods ``names`` touches
+        (``num_layers`` when only the final norm, or nothing): the blocks
+        below compute the same for all of them."""
+        names = set(names)
+        for index, block in enumerate(self.layers):
+            if any(isinstance(m, Site) and m.owners() & names for m in block.modules()):
+                return index
+        return self.num_layers
 
     def sites(self):
         """Every site of the backbone (all blocks, and the final norm)."""
