@@ -227,3 +227,22 @@ def test_wav2vec2_tasks_are_routed_per_sample_too(tiny_w2v2_dir, tmp_path):
     }
     tasks = ["lora", "prefix", "conformer_pfeiffer_parallel", "bitfit", "lora", "prefix", "bitfit"]
     assert_matches_single_models(server, singles, tasks)
+
+
+def test_files_are_classified_as_each_tasks_own_model_does(ast_server, single_models, tmp_path):
+    import soundfile as sf
+
+    generator = torch.Generator().manual_seed(3)
+    paths = []
+    for i, seconds in enumerate((0.4, 0.7)):
+        path = tmp_path / f"clip{i}.wav"
+        sf.write(path, (0.1 * torch.randn(int(16000 * seconds), generator=generator)).numpy(), 16000)
+        paths.append(path)
+    tasks = ["conformer_pfeiffer_parallel", "prefix"]
+    log_probs, _, _, labels = ast_server.classify_files(paths, tasks)
+    for path, task, log_prob, label in zip(paths, tasks, log_probs, labels):
+        alone = single_models[task].classify_file(path)
+        torch.testing.assert_close(log_prob, alone[0].reshape(-1), atol=2e-5, rtol=1e-4)
+        assert label == alone[3][0]
+    with pytest.raises(FileNotFoundError, match="No audio file"):
+        ast_server.classify_files([tmp_path / "missing.wav"], ["lora"])
