@@ -104,6 +104,12 @@ class Site(nn.Module):
         """The hooks that run, in order."""
         return [hook for name, hook in self._hooks.items() if name not in self._skipped]
 
+    def may_train(self):
+        """Whether autograd may be needed here: an active hook runs (its
+        method's tensors may train) or, at parameter sites, a tensor in use
+        requires a gradient."""
+        return bool(self.active_hooks())
+
 
 class _ParameterSite(Site, abc.ABC):
     """A site around a frozen module whose parameters may be overridden.
@@ -182,6 +188,16 @@ class _ParameterSite(Site, abc.ABC):
             hook for name, hook in self._hooks.items()
             if name not in self._skipped and not self._is_folded(name)
         ]
+
+    def may_train(self):
+        """Whether autograd may be needed here: an active hook runs, or the
+        weight or bias in use (override or frozen original) requires grad."""
+        if super().may_train():
+            return True
+        return any(
+            value is not None and value.requires_grad
+            for value in (self.param(name) for name in ("weight", "bias"))
+        )
 
     def _is_folded(self, owner):
         return any(o == owner for stack in self._folds.values() for o, _ in stack)
