@@ -328,6 +328,43 @@ def _measure_inference(spec, backbone, head, wavs, lens, autocast):
     return result
 
 
+def measure_cache(spec):
+    """Linear probing with the embedding cache on: the wall time of a first
+    training epoch of ``spec["cache_batches"]`` batches of distinct clips
+    (which fills the cache) and of a second one (which reads it)."""
+    from speechbrain_petl.embedding_cache import EmbeddingCache
+
+    torch.set_num_threads(spec["threads"])
+    overrides = {"pretrained": False, "max_frames": spec["frames"], "batch_size": spec["batch"]}
+    if spec["backbone_source"]:
+        overrides["backbone_source"] = spec["backbone_source"]
+    hparams = load_recipe(spec["yaml"], overrides)
+    backbone, head = hparams["modules"]["backbone"], hparams["modules"]["classifier"]
+    cache = EmbeddingCache().enable(backbone)
+    batches = spec["cache_batches"]
+    wavs, lens, labels = make_batch(spec["batch"] * batches, spec["frames"], hparams.get("n_classes", 2), spec["seed"])
+    params = [p for m in (backbone, head) for p in m.parameters() if p.requires_grad]
+    optimizer = hparams["opt_class"](params)
+    backbone.train()
+    head.train()
+
+    def epoch():
+        """One pass over the batches, training the head and the final LayerNorm copy."""
+        for i in range(batches):
+            rows = slice(i * spec["batch"], (i + 1) * spec["batch"])
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(head(backbone(wavs[rows], lens[rows])), labels[rows]).backward()
+            optimizer.step()
+
+    first, _ = timed(epoch)
+    later = [timed(epoch)[0] for _ in range(2)]
+    return {
+        "method": "linear+cache", "frames": spec["frames"], "batch": spec["batch"], "batches": batches,
+        "first_epoch_s": first, "later_epoch_s": median(later), "speedup": first / median(later),
+        "hits": cache.hits, "misses": cache.misses,
+    }
+
+
 def worker_spec(args, yaml, method, top, frames):
     """The JSON-able settings one measurement needs (see :func:`measure`)."""
     return {
@@ -335,6 +372,7 @@ def worker_spec(args, yaml, method, top, frames):
         "steps": args.steps, "warmup": args.warmup, "inference_repeats": args.inference_repeats,
         "threads": args.threads, "device": args.device, "dtype": args.dtype,
         "compile": args.compile, "backbone_source": args.backbone_source, "seed": args.seed,
+        "cache_batches": args.cache_batches,
     }
 
 
@@ -438,6 +476,12 @@ def markdown(report):
                 _pct(row.get("features_fraction")),
                 _pct(row.get("data_fraction")),
             ]) + " |")
+    for row in report.get("embedding_cache", []):
+        lines += ["", (
+            f"Linear probing with the embedding cache, {row['frames']} frames, {row['batches']} batches "
+            f"of {row['batch']}: first epoch {row['first_epoch_s']:.2f} s, later epochs "
+            f"{row['later_epoch_s']:.3f} s ({row['speedup']:.0f}x faster)."
+        )]
     return "\n".join(lines) + "\n"
 
 
@@ -481,6 +525,9 @@ def parse_args(argv=None):
                         help="one fresh process per measurement (default on CPU: true)")
     parser.add_argument("--plain", action=argparse.BooleanOptionalAction, default=True,
                         help="also time inference of the backbone without any method")
+    parser.add_argument("--embedding-cache", action="store_true",
+                        help="also time linear probing's epochs with the embedding cache (first vs later)")
+    parser.add_argument("--cache-batches", type=int, default=4, help="batches per epoch for --embedding-cache")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="write the rows here")
     parser.add_argument("--markdown", default=None, help="write the tables here")
@@ -498,7 +545,7 @@ def _check_args(args, parser):
         parser.error(f"--device must be cpu or cuda[:N], got {args.device!r}")
     if args.compile and not args.device.startswith("cuda"):
         parser.error("--compile is for --device cuda (on CPU it would time compilation, not PETL).")
-    for name in ("batch_size", "steps", "threads", "inference_repeats"):
+    for name in ("batch_size", "steps", "threads", "inference_repeats", "cache_batches"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.warmup < 0:
@@ -545,6 +592,15 @@ def run(args):
                   file=sys.stderr, flush=True)
             report["rows"].append(row)
     add_ratios(report["rows"], report["machine"]["matmul_gflops"] * 1e9)
+    if args.embedding_cache:
+        if "linear" not in yamls:
+            raise ValueError(f"--embedding-cache needs a linear probing yaml in {args.hparams_dir}")
+        report["embedding_cache"] = []
+        for frames in args.frames:
+            spec = {**worker_spec(args, yamls["linear"], "linear", None, frames), "cache": True}
+            row = measure_isolated(spec) if args.isolate else measure_cache(spec)
+            print(f"[bench] embedding cache @ {frames} frames: {row['speedup']:.1f}x", file=sys.stderr, flush=True)
+            report["embedding_cache"].append(row)
     return report
 
 
@@ -552,7 +608,8 @@ def main(argv=None):
     """Entry point of ``python -m speechbrain_petl.bench``."""
     args = parse_args(argv)
     if args.worker is not None:
-        print(json.dumps(measure(json.loads(args.worker))))
+        spec = json.loads(args.worker)
+        print(json.dumps(measure_cache(spec) if spec.get("cache") else measure(spec)))
         return None
     report = run(args)
     text = markdown(report)

@@ -84,6 +84,7 @@ def test_bench_runs_every_kind_of_row_and_ratios_come_from_its_own_rows(tmp_path
         "--methods", "full,lora,lora:top1,linear", "--frames", "64", "--batch-size", "2",
         "--steps", "1", "--warmup", "0", "--inference-repeats", "1", "--no-isolate",
         "--backbone-source", TINY, "--json", str(json_path), "--markdown", str(md_path),
+        "--embedding-cache", "--cache-batches", "2",
     ])
     report = json.loads(json_path.read_text())
     assert [row["method"] for row in report["rows"]] == ["full", "lora", "lora:top1", "linear", "plain"]
@@ -108,11 +109,15 @@ def test_bench_runs_every_kind_of_row_and_ratios_come_from_its_own_rows(tmp_path
     plain = _rows(report, "plain")[0]
     assert plain.get("step_s") is None
     assert plain["trainable"] == 0 and plain["infer_ms_per_clip"] > 0
+    (cache,) = report["embedding_cache"]
+    assert (cache["misses"], cache["hits"]) == (4, 8)  # 4 clips, then two epochs from the cache
+    assert cache["speedup"] == pytest.approx(cache["first_epoch_s"] / cache["later_epoch_s"])
     text = md_path.read_text()
     assert text.startswith("Machine: ") and "**64 frames**" in text
     table = [line for line in text.splitlines() if line.startswith("| ")]
     assert len(table) == 1 + len(report["rows"])  # header and one line per row
     assert all(line.count("|") == table[0].count("|") for line in table)
+    assert "embedding cache, 64 frames, 2 batches of 2" in text
     assert f"| lora | {lora['trainable']:,} | {lora['step_s']:,.2f} | {lora['step_s_ratio']:,.2f} |" in text
 
 
