@@ -32,7 +32,6 @@ import contextlib
 import logging
 import os
 
-import torch
 from torch import nn
 
 from speechbrain_petl.backbones.fingerprint import TensorHashCache
@@ -166,67 +165,14 @@ class Backbone(MethodHost, TrainedState, nn.Module, abc.ABC):
     #: ``forward`` goes through when set (linear probing only, opt-in).
     embedding_cache = None
 
-    #: Run the embedding and the blocks below the lowest one that trains
-    #: without autograd (see :meth:`first_trained_block`). Off, the same
-    #: values and gradients come out; the switch exists for tests and timing.
-    frozen_prefix_without_autograd = True
-
     def encode(self, wavs, wav_lens=None, augment=None):
-        """Output tokens after the final norm and their mask.
-
-        The embedding and the blocks below :meth:`first_trained_block` run
-        under ``torch.no_grad()``: nothing there trains, so autograd would
-        only carry them along (the gradients are the same either way).
-        """
-        first = 0
-        if self.frozen_prefix_without_autograd and torch.is_grad_enabled():
-            first = self.first_trained_block(wavs, augment)
-        with torch.no_grad() if first > 0 else contextlib.nullcontext():
-            x, mask = self.embed(wavs, wav_lens, augment)
-            for block in self.layers[:first]:
-                x, mask = block(x, mask)
-        for block in self.layers[first:]:
+        """Output tokens after the final norm and their mask."""
+        x, mask = self.embed(wavs, wav_lens, augment)
+        for block in self.layers:
             x, mask = block(x, mask)
         if self.final_norm is not None:
             x = self.final_norm(x)
         return x, mask
-
-    def first_trained_block(self, wavs=None, augment=None):
-        """Index of the lowest block that needs autograd, ``num_layers`` when
-        none does, and 0 when something below the blocks may train (an
-        embedding weight, a trainable augmentation, inputs that require grad).
-
-        A block needs autograd when one of its sites runs an active hook or
-        uses a tensor that requires grad (:meth:`Site.may_train`).
-
-        Example
-        -------
-        >>> from transformers import ASTConfig
-        >>> from speechbrain_petl.methods import LoRA
-        >>> config = ASTConfig(hidden_size=32, num_hidden_layers=4,
-        ...     num_attention_heads=2, intermediate_size=64, max_length=64)
-        >>> from speechbrain_petl.backbones import AST
-        >>> AST(config, pretrained=False, max_frames=64, petl=LoRA(rank=2, layers=[2, 3])).first_trained_block()
-        2
-        """
-        if wavs is not None and wavs.requires_grad:
-            return 0
-        if isinstance(augment, nn.Module) and any(p.requires_grad for p in augment.parameters()):
-            return 0
-        in_blocks = {id(p) for p in self.layers.parameters()}
-        if self.final_norm is not None:
-            in_blocks |= {id(p) for p in self.final_norm.parameters()}
-        if any(
-            p.requires_grad and id(p) not in in_blocks
-            for name, p in self.named_parameters() if not name.startswith("petl.")
-        ):
-            return 0
-        for index, block in enumerate(self.layers):
-            if any(p.requires_grad for p in block.parameters()) or any(
-                site.may_train() for site in block.modules() if isinstance(site, Site)
-            ):
-                return index
-        return self.num_layers
 
     def forward(self, wavs, wav_lens=None, augment=None):
         """Pooled embeddings ``(batch, width)``, or tokens if ``pooling`` is None.
