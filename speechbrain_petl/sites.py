@@ -158,6 +158,12 @@ def on_rows(rows, hook, x, y, *extra):
     pick = [None if t is None else t.index_select(0, rows) for t in (x, y) + extra]
     return y.index_copy(0, rows, hook(*pick))
 
+    def may_train(self):
+        """Whether autograd may be needed here: an active hook runs (its
+        method's tensors may train) or, at parameter sites, a tensor in use
+        requires a gradient."""
+        return bool(self.active_hooks())
+
 
 class _ParameterSite(Site, abc.ABC):
     """A site around a frozen module whose parameters may be overridden.
@@ -249,6 +255,16 @@ class _ParameterSite(Site, abc.ABC):
 
     def _runs(self, owner):
         return super()._runs(owner) and not self._is_folded(owner)
+
+    def may_train(self):
+        """Whether autograd may be needed here: an active hook runs, or the
+        weight or bias in use (override or frozen original) requires grad."""
+        if super().may_train():
+            return True
+        return any(
+            value is not None and value.requires_grad
+            for value in (self.param(name) for name in ("weight", "bias"))
+        )
 
     def _is_folded(self, owner):
         return any(o == owner for stack in self._folds.values() for o, _ in stack)

@@ -169,6 +169,10 @@ class Backbone(MethodHost, TrainedState, nn.Module, abc.ABC):
         waveforms): the recipe passes its augmentation at training time only.
         """
 
+    #: An :class:`~speechbrain_petl.embedding_cache.EmbeddingCache` that
+    #: ``forward`` goes through when set (linear probing only, opt-in).
+    embedding_cache = None
+
     def encode(self, wavs, wav_lens=None, augment=None):
         """Output tokens after the final norm and their mask."""
         x, mask = self.embed(wavs, wav_lens, augment)
@@ -203,6 +207,8 @@ class Backbone(MethodHost, TrainedState, nn.Module, abc.ABC):
         augment : callable, optional
             Training-time augmentation of the input features (see ``embed``).
         """
+        if self.embedding_cache is not None:
+            return self.embedding_cache.forward(self, wavs, wav_lens, augment)
         x, mask = self.encode(wavs, wav_lens, augment)
         return self.pool(x, mask)
 

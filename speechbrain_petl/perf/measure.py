@@ -1,0 +1,170 @@
+"""Time, memory and saved activations of a training step, and the
+machine's matrix-multiplication rate."""
+
+import resource
+import statistics
+import sys
+import time
+
+import torch
+
+
+def synchronize(device):
+    """Waits for queued work on ``device`` (CUDA); nothing on CPU."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device="cpu"):
+    """``(seconds, result)`` of ``fn()``, synchronising CUDA before and after.
+
+    Example
+    -------
+    >>> seconds, value = timed(lambda: 2 + 2)
+    >>> value, seconds >= 0
+    (4, True)
+    """
+    synchronize(device)
+    start = time.perf_counter()
+    result = fn()
+    synchronize(device)
+    return time.perf_counter() - start, result
+
+
+def median(values):
+    """Median of a non-empty sequence (None for an empty one).
+
+    Example
+    -------
+    >>> median([3.0, 1.0, 2.0]), median([])
+    (2.0, None)
+    """
+    return statistics.median(values) if values else None
+
+
+def matmul_rate(device="cpu", dtype=torch.float32, size=2048, repeats=5):
+    """The machine's matrix-multiplication rate in FLOP/s: the best of
+    ``repeats`` products of two ``size x size`` matrices (``2 * size**3``
+    FLOPs each) at the current thread count, after one warm-up product.
+
+    Example
+    -------
+    >>> matmul_rate(size=64, repeats=2) > 0
+    True
+    """
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
+    b = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
+    torch.mm(a, b)
+    best = min(timed(lambda: torch.mm(a, b), device)[0] for _ in range(repeats))
+    return 2 * size**3 / best
+
+
+def peak_rss_bytes():
+    """Peak resident set size of this process so far (``ru_maxrss``) in bytes.
+
+    Example
+    -------
+    >>> peak_rss_bytes() > 0
+    True
+    """
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # kB on Linux
+
+
+class SavedTensors:
+    """Counts the bytes autograd keeps for the backward pass while active.
+
+    Each storage is counted once, whatever the number of views saved from
+    it; storages of the ``exclude`` tensors (the model's parameters, which
+    exist anyway) are not counted.
+
+    Arguments
+    ---------
+    exclude : iterable of torch.Tensor
+        Tensors whose storages are not counted.
+
+    Example
+    -------
+    >>> w = torch.randn(4, 4, requires_grad=True)
+    >>> with SavedTensors(exclude=[w]) as saved:
+    ...     y = (torch.randn(8, 4) @ w).tanh().sum()
+    >>> saved.bytes  # the input of the product (128 B) and tanh's output (128 B)
+    256
+    """
+
+    def __init__(self, exclude=()):
+        self._exclude = {t.untyped_storage().data_ptr() for t in exclude}
+        self._storages = {}
+        self._context = None
+
+    def _pack(self, tensor):
+        storage = tensor.untyped_storage()
+        pointer = storage.data_ptr()
+        if pointer not in self._exclude:
+            self._storages[pointer] = storage.nbytes()
+        return tensor
+
+    @property
+    def bytes(self):
+        """Bytes of the distinct storages saved so far."""
+        return sum(self._storages.values())
+
+    def __enter__(self):
+        self._context = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor)
+        self._context.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._context.__exit__(*exc)
+        return False
+
+
+class ModuleTimer:
+    """Accumulates the wall time spent inside ``module``'s forward calls
+    (with CUDA synchronised at both ends), e.g. AST's fbank inside a step.
+
+    Example
+    -------
+    >>> layer = torch.nn.Linear(4, 4)
+    >>> with ModuleTimer(layer) as timer:
+    ...     _ = layer(torch.randn(2, 4))
+    >>> timer.calls, timer.seconds > 0
+    (1, True)
+    """
+
+    def __init__(self, module, device="cpu"):
+        self.module = module
+        self.device = device
+        self.seconds = 0.0
+        self.calls = 0
+        self._start = None
+        self._handles = []
+
+    def reset(self):
+        """Forgets the time accumulated so far."""
+        self.seconds, self.calls = 0.0, 0
+
+    def _before(self, module, args):
+        synchronize(self.device)
+        self._start = time.perf_counter()
+
+    def _after(self, module, args, output):
+        synchronize(self.device)
+        self.seconds += time.perf_counter() - self._start
+        self.calls += 1
+
+    def __enter__(self):
+        self._handles = [
+            self.module.register_forward_pre_hook(self._before),
+            self.module.register_forward_hook(self._after),
+        ]
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self._handles:
+            handle.remove()
+        return False
+
+
+__all__ = ["ModuleTimer", "SavedTensors", "matmul_rate", "median", "peak_rss_bytes", "synchronize", "timed"]
