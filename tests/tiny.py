@@ -4,7 +4,16 @@ Every weight is randomised (Hugging Face initialises AST's positional
 embeddings and special tokens at zero, which would hide bugs)."""
 
 import torch
-from transformers import ASTConfig, ASTModel, Wav2Vec2Config, Wav2Vec2Model
+from transformers import (
+    ASTConfig,
+    ASTModel,
+    HubertConfig,
+    HubertModel,
+    Wav2Vec2Config,
+    Wav2Vec2Model,
+    WavLMConfig,
+    WavLMModel,
+)
 
 
 def tiny_ast_config(**overrides):
@@ -42,6 +51,36 @@ def tiny_w2v2_config(**overrides):
     return Wav2Vec2Config(**options)
 
 
+def _waveform_options(overrides):
+    options = dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(16, 16, 16),
+        conv_kernel=(10, 8, 4),
+        conv_stride=(5, 4, 4),
+        num_feat_extract_layers=3,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+        vocab_size=8,
+    )
+    options.update(overrides)
+    return options
+
+
+def tiny_hubert_config(**overrides):
+    """The tiny Wav2Vec2's shape, as a HuBERT."""
+    return HubertConfig(**_waveform_options(overrides))
+
+
+def tiny_wavlm_config(**overrides):
+    """The tiny Wav2Vec2's shape, as a WavLM, with few position buckets
+    (16, exact up to 4 frames, logarithmic up to 20) so that the tests'
+    sequences reach the logarithmic and the clamped buckets."""
+    return WavLMConfig(**_waveform_options({"num_buckets": 16, "max_bucket_distance": 20, **overrides}))
+
+
 def randomize_(model, seed=0):
     """Fills every parameter with random values (LayerNorm weights near 1)."""
     generator = torch.Generator().manual_seed(seed)
@@ -64,4 +103,19 @@ def save_tiny_ast(folder, seed=0, **overrides):
 def save_tiny_w2v2(folder, seed=0, **overrides):
     """Writes a randomised tiny Wav2Vec2Model to ``folder``; returns the folder."""
     randomize_(Wav2Vec2Model(tiny_w2v2_config(**overrides)), seed).save_pretrained(folder)
+    return str(folder)
+
+
+#: Model class and tiny config of each waveform backbone kind.
+TINY = {
+    "w2v2": (Wav2Vec2Model, tiny_w2v2_config),
+    "hubert": (HubertModel, tiny_hubert_config),
+    "wavlm": (WavLMModel, tiny_wavlm_config),
+}
+
+
+def save_tiny(kind, folder, seed=0, **overrides):
+    """Writes a randomised tiny model of ``kind`` (a key of ``TINY``) to ``folder``."""
+    model_class, config = TINY[kind]
+    randomize_(model_class(config(**overrides)), seed).save_pretrained(folder)
     return str(folder)
