@@ -13,6 +13,8 @@ from transformers import (
     Wav2Vec2Model,
     WavLMConfig,
     WavLMModel,
+    WhisperConfig,
+    WhisperModel,
 )
 
 
@@ -81,6 +83,32 @@ def tiny_wavlm_config(**overrides):
     return WavLMConfig(**_waveform_options({"num_buckets": 16, "max_bucket_distance": 20, **overrides}))
 
 
+def tiny_whisper_config(**overrides):
+    """A 2-layer, width-32 Whisper (1-layer decoder, 16-token vocabulary) on
+    80 mel bins with 1,500 positions: whisper's own input size, so that the
+    full 30 s window can be compared with transformers."""
+    options = dict(
+        d_model=32,
+        encoder_layers=2,
+        encoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_layers=1,
+        decoder_attention_heads=2,
+        decoder_ffn_dim=64,
+        vocab_size=16,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=3,
+        begin_suppress_tokens=None,
+        dropout=0.1,
+        attention_dropout=0.1,
+        activation_dropout=0.1,
+    )
+    options.update(overrides)
+    return WhisperConfig(**options)
+
+
 def randomize_(model, seed=0):
     """Fills every parameter with random values (LayerNorm weights near 1)."""
     generator = torch.Generator().manual_seed(seed)
@@ -111,6 +139,7 @@ TINY = {
     "w2v2": (Wav2Vec2Model, tiny_w2v2_config),
     "hubert": (HubertModel, tiny_hubert_config),
     "wavlm": (WavLMModel, tiny_wavlm_config),
+    "whisper": (WhisperModel, tiny_whisper_config),
 }
 
 
