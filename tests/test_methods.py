@@ -201,8 +201,11 @@ def test_training_step_updates_only_petl_and_head(method, make_lobe):
             assert not training, f"frozen module {name} ran in train mode"
 
 
-def test_bf16_autocast_step_on_cpu(tiny_ast_dir):
-    lobe = AST(tiny_ast_dir, max_frames=64, petl=conformer())
+@pytest.mark.parametrize("kind", ["ast", "wavlm", "whisper"])
+def test_bf16_autocast_step_on_cpu(kind, tiny_lobe):
+    """Mixed precision: AST's fbank, WavLM's float position bias and
+    Whisper's log-mel meet bf16 activations."""
+    lobe = tiny_lobe(kind, petl=[conformer(), PrefixTuning(length=4)])
     brain = ClassificationBrain(
         modules={"backbone": lobe, "classifier": torch.nn.Linear(32, 3)},
         opt_class=lambda params: torch.optim.AdamW(params, lr=0.05),
