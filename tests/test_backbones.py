@@ -136,6 +136,25 @@ def test_whisper_encoder_equals_transformers_forward_at_full_length(tiny_whisper
     assert not torch.allclose(cropped, expected[:, : cropped.shape[1]], atol=1e-2)
 
 
+def test_whisper_augments_its_log_mel_and_refuses_a_shape_change(tiny_whisper_dir):
+    lobe = WhisperEncoder(tiny_whisper_dir).eval()
+    wavs, lens = torch.randn(2, 8000) * 0.1, torch.tensor([1.0, 0.6])
+    seen = {}
+
+    def record(feats):
+        """Keeps the log-mel it is given."""
+        seen["shape"] = feats.shape
+        return feats
+
+    with torch.no_grad():
+        plain = lobe(wavs, lens)
+        torch.testing.assert_close(lobe(wavs, lens, augment=record), plain)
+        assert not torch.allclose(lobe(wavs, lens, augment=torch.zeros_like), plain, atol=1e-3)
+        with pytest.raises(ValueError, match=r"\(batch, frames, mels\) from \(2, 50, 80\) to \(2, 40, 80\)"):
+            lobe(wavs, lens, augment=lambda feats: feats[:, :40])
+    assert seen["shape"] == (2, 50, 80)  # (batch, frames, mels), as AST's fbank
+
+
 def test_whisper_positions_stay_frozen_under_full_finetuning(tiny_whisper_dir):
     lobe = WhisperEncoder(tiny_whisper_dir, petl=FullFineTuning())
     assert not lobe.pos_embed.weight.requires_grad

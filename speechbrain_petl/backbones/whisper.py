@@ -100,13 +100,15 @@ class WhisperEncoder(Backbone):
         lengths = relative_to_absolute(wav_lens, wavs.shape[1])
         feats, frames = self.features(wavs, lengths, full=not self.crop_positions)
         if augment is not None:
-            augmented = augment(feats.transpose(1, 2)).transpose(1, 2)
-            if augmented.shape != feats.shape:
+            frames_first = feats.transpose(1, 2)
+            augmented = augment(frames_first)
+            if augmented.shape != frames_first.shape:
                 raise ValueError(
-                    f"WhisperEncoder: the augmentation changed the log-mel shape from {tuple(feats.shape)} "
-                    f"to {tuple(augmented.shape)}; only shape-keeping augmentations are accepted."
+                    f"WhisperEncoder: the augmentation changed the log-mel shape (batch, frames, mels) from "
+                    f"{tuple(frames_first.shape)} to {tuple(augmented.shape)}; the padding mask comes from the "
+                    "clips' lengths, so only shape-keeping augmentations are accepted."
                 )
-            feats = augmented
+            feats = augmented.transpose(1, 2)
         mask = None
         if self.crop_positions and frames is not None:
             real = torch.arange(feats.shape[2], device=feats.device) < frames[:, None]
