@@ -22,6 +22,8 @@ class WavLM(WaveformEncoder):
     as ``relative_positions``) and every block gates it per head and per
     query with its own small projection of the attention input
     (:class:`GatedPositionBias`, ``layers[i].attention.position_bias``).
+    ``FullFineTuning(layers=[...])`` trains those blocks' gates; the shared
+    embedding, like the positional convolution, trains only with ``layers=None``.
 
     **Tokens added by PETL methods have no position.** Prompts (inserted
     before the frames: WavLM has no special token) and prefix keys
