@@ -39,10 +39,12 @@ from transformers import (
     ASTForAudioClassification,
     Wav2Vec2FeatureExtractor,
     Wav2Vec2ForSequenceClassification,
+    WhisperFeatureExtractor,
 )
 
 from speechbrain_petl.backbones.ast import AST
 from speechbrain_petl.backbones.wav2vec2 import Wav2Vec2
+from speechbrain_petl.backbones.whisper import WhisperEncoder
 from speechbrain_petl.inference import head_outputs, output_labels
 from speechbrain_petl.methods import FullFineTuning
 
@@ -233,6 +235,8 @@ def feature_extractor(backbone, sample_rate=16000):
             do_normalize=True,
             return_attention_mask=False,
         )
+    if isinstance(backbone, WhisperEncoder):
+        return WhisperFeatureExtractor(feature_size=backbone.config.num_mel_bins, sampling_rate=sample_rate)
     return Wav2Vec2FeatureExtractor(
         feature_size=1,
         sampling_rate=sample_rate,
@@ -288,7 +292,8 @@ def write_merged_model(dest, backbone, head, encoder, sample_rate=16000):
 
 
 def _problem_text(backbone, problems):
-    target = "ASTForAudioClassification" if isinstance(backbone, AST) else "Wav2Vec2ForSequenceClassification"
+    targets = {AST: "ASTForAudioClassification", Wav2Vec2: "Wav2Vec2ForSequenceClassification"}
+    target = targets.get(type(backbone), "a transformers classification model")
     return f"This run cannot be written as {target} exactly:\n  " + "\n  ".join(problems)
 
 

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from speechbrain_petl.backbones.ast import AST
 from speechbrain_petl.backbones.wav2vec2 import Wav2Vec2
+from speechbrain_petl.backbones.wavlm import WavLM
 from speechbrain_petl.export_hf import (
     NotRepresentable,
     feature_extractor,
@@ -112,6 +113,21 @@ def write_peft_adapter(dest, backbone, head, encoder, base_model=None, sample_ra
         (``modules_to_save``).
     """
     _, lora = single_lora(backbone)
+    if getattr(backbone, "crop_positions", False):
+        raise NotRepresentable(
+            "This WhisperEncoder run cropped its positions to each batch (crop_positions: True); transformers' "
+            "WhisperModel encodes 30 s windows, so the adapter on it would see other inputs than in training. "
+            "Train with crop_positions: False for a PEFT adapter, or share the run's inference folder."
+        )
+    if isinstance(backbone, WavLM):
+        bypassed = sorted({target for _, target, _ in lora.updates() if target.startswith("attention.")})
+        if bypassed:
+            raise NotRepresentable(
+                "transformers' WavLMAttention hands the weights of q_proj/k_proj/v_proj/out_proj straight to "
+                "F.multi_head_attention_forward, so PEFT would never apply a LoRA on "
+                f"{bypassed} (the adapter would load and change nothing); only mlp.fc1 / mlp.fc2 targets "
+                "travel as a PEFT adapter on WavLM. Share the run's inference folder instead."
+            )
     if isinstance(backbone, AST):
         _check_base_length(backbone, base_model)
     if base_model is not None and pathlib.Path(base_model).is_dir():

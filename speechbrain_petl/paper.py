@@ -48,6 +48,11 @@ SUFFIXES = {
 }
 
 
+#: Method-name prefixes of the recipes on backbones the paper did not
+#: evaluate (HuBERT, WavLM, Whisper's encoder): no published number here.
+BEYOND_THE_PAPER = ("hubert_", "wavlm_", "whisper_")
+
+
 def paper_accuracy(method, dataset):
     """Table 1 or 3 accuracy for a recipe method name, or None."""
     return (TABLE3 if method.startswith("w2v2_") else TABLE1).get(method, {}).get(dataset)

@@ -60,9 +60,15 @@ def flag(row, key):
     return None
 
 
+#: The tiny backbone config folders under tests/samples, by backbone kind.
+KINDS = ("ast", "w2v2", "hubert", "wavlm", "whisper")
+
+
 def backbone_kind(row):
-    """``"ast"`` or ``"w2v2"``: the tiny backbone config the row trains."""
-    return "w2v2" if (flag(row, "backbone_source") or "").endswith("tiny_w2v2") else "ast"
+    """``"ast"``, ``"w2v2"``, ``"hubert"``, ``"wavlm"`` or ``"whisper"``: the
+    tiny backbone config the row trains (``tests/samples/tiny_<kind>``)."""
+    source = flag(row, "backbone_source") or ""
+    return next((kind for kind in KINDS if source.endswith(f"tiny_{kind}")), "ast")
 
 
 def expected_files(row):

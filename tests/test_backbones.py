@@ -2,12 +2,27 @@
 
 import pytest
 import torch
-from transformers import ASTFeatureExtractor, ASTModel, Wav2Vec2Model
+from transformers import (
+    ASTFeatureExtractor,
+    ASTModel,
+    HubertModel,
+    Wav2Vec2Model,
+    WavLMModel,
+    WhisperConfig,
+    WhisperFeatureExtractor,
+    WhisperModel,
+)
 
-from speechbrain_petl.backbones import AST, Wav2Vec2
+from speechbrain_petl.backbones import AST, HuBERT, Wav2Vec2, WavLM, WhisperEncoder
 from speechbrain_petl.backbones.ast import adapt_position_embeddings
+from speechbrain_petl.backbones.loading import load_config
+from speechbrain_petl.backbones.wavlm import GatedPositionBias
 from speechbrain_petl.features import Fbank
-from tiny import save_tiny_ast, save_tiny_w2v2, tiny_ast_config
+from speechbrain_petl.methods import FullFineTuning, PrefixTuning, PromptTuning
+from tiny import save_tiny, save_tiny_ast, tiny_ast_config
+
+#: The waveform lobes and their transformers models.
+WAVEFORM = {"w2v2": (Wav2Vec2, Wav2Vec2Model), "hubert": (HuBERT, HubertModel), "wavlm": (WavLM, WavLMModel)}
 
 
 def _mask(lobe, wav_lens, samples):
@@ -57,15 +72,18 @@ def test_ast_equals_transformers_forward(tiny_ast_dir):
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", list(WAVEFORM))
 @pytest.mark.parametrize("stable", [False, True], ids=["post_ln_base", "pre_ln_large"])
-def test_wav2vec2_equals_transformers_forward(tmp_path, stable):
-    folder = save_tiny_w2v2(
-        tmp_path / "w2v2",
+def test_waveform_lobes_equal_transformers_forward(tmp_path, stable, kind):
+    folder = save_tiny(
+        kind,
+        tmp_path / kind,
         do_stable_layer_norm=stable,
         feat_extract_norm="layer" if stable else "group",
     )
-    hf = Wav2Vec2Model.from_pretrained(folder).eval()
-    lobe = Wav2Vec2(folder, pooling=None, normalize_waveform=False).eval()
+    lobe_class, model_class = WAVEFORM[kind]
+    hf = model_class.from_pretrained(folder).eval()
+    lobe = lobe_class(folder, pooling=None, normalize_waveform=False).eval()
     wavs = torch.randn(2, 8000)
     wav_lens = torch.tensor([1.0, 0.55])
     with torch.no_grad():
@@ -76,6 +94,113 @@ def test_wav2vec2_equals_transformers_forward(tmp_path, stable):
         for i, rel in enumerate(wav_lens.tolist()):
             alone = hf(wavs[i : i + 1, : round(rel * 8000)]).last_hidden_state[0]
             torch.testing.assert_close(ours[i][real[i]], alone, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------- Whisper
+@pytest.mark.parametrize("seconds", [30.0, 0.77, 3.0])
+def test_whisper_log_mel_equals_the_feature_extractor(seconds, tiny_whisper_dir):
+    torch.manual_seed(0)
+    wav = torch.randn(int(16000 * seconds)) * 0.1
+    expected = WhisperFeatureExtractor()(wav.numpy(), sampling_rate=16000, return_tensors="pt").input_features
+    lobe = WhisperEncoder(tiny_whisper_dir, crop_positions=False)
+    padded = torch.randn(2, 16000 * 31)  # garbage after the clip, longer than 30 s
+    padded[0, : len(wav)] = wav
+    full, _ = lobe.features(padded, torch.tensor([len(wav), 16000 * 31]), full=True)
+    torch.testing.assert_close(full[:1], expected, rtol=0, atol=1e-4)
+    cropped, frames = lobe.features(wav.unsqueeze(0))  # a clip alone: its own frames only
+    assert frames is None and cropped.shape[2] == len(wav) // 160
+    torch.testing.assert_close(cropped, expected[..., : cropped.shape[2]], rtol=0, atol=1e-4)
+
+
+def test_whisper_encoder_equals_transformers_forward_at_full_length(tiny_whisper_dir):
+    """On 30 s, both position modes are transformers' forward; on a shorter
+    clip, ``crop_positions=False`` still is (30 s of zero padding, all
+    attended), while the default crops the positions to the clip's tokens:
+    a different input for the frozen encoder (the documented trade-off)."""
+    hf = WhisperModel.from_pretrained(tiny_whisper_dir).encoder.eval()
+    extractor = WhisperFeatureExtractor()
+    full = WhisperEncoder(tiny_whisper_dir, pooling=None, crop_positions=False).eval()
+    crop = WhisperEncoder(tiny_whisper_dir, pooling=None).eval()
+    torch.manual_seed(0)
+    long, short = torch.randn(16000 * 30) * 0.1, torch.randn(12345) * 0.1
+    with torch.no_grad():
+        for wav in (long, short):
+            expected = hf(extractor(wav.numpy(), sampling_rate=16000, return_tensors="pt").input_features)
+            expected = expected.last_hidden_state
+            assert expected.abs().mean() > 0.1
+            torch.testing.assert_close(full(wav[None]), expected, rtol=1e-4, atol=1e-4)
+        long_expected = hf(extractor(long.numpy(), sampling_rate=16000, return_tensors="pt").input_features)
+        torch.testing.assert_close(crop(long[None]), long_expected.last_hidden_state, rtol=1e-4, atol=1e-4)
+        cropped = crop(short[None])
+    assert cropped.shape[1] == -(-(12345 // 160) // 2)  # ceil(frames / 2) tokens
+    assert not torch.allclose(cropped, expected[:, : cropped.shape[1]], atol=1e-2)
+
+
+def test_whisper_augments_its_log_mel_and_refuses_a_shape_change(tiny_whisper_dir):
+    lobe = WhisperEncoder(tiny_whisper_dir).eval()
+    wavs, lens = torch.randn(2, 8000) * 0.1, torch.tensor([1.0, 0.6])
+    seen = {}
+
+    def record(feats):
+        """Keeps the log-mel it is given."""
+        seen["shape"] = feats.shape
+        return feats
+
+    with torch.no_grad():
+        plain = lobe(wavs, lens)
+        torch.testing.assert_close(lobe(wavs, lens, augment=record), plain)
+        assert not torch.allclose(lobe(wavs, lens, augment=torch.zeros_like), plain, atol=1e-3)
+        with pytest.raises(ValueError, match=r"\(batch, frames, mels\) from \(2, 50, 80\) to \(2, 40, 80\)"):
+            lobe(wavs, lens, augment=lambda feats: feats[:, :40])
+    assert seen["shape"] == (2, 50, 80)  # (batch, frames, mels), as AST's fbank
+
+
+def test_whisper_positions_stay_frozen_under_full_finetuning(tiny_whisper_dir):
+    lobe = WhisperEncoder(tiny_whisper_dir, petl=FullFineTuning())
+    assert not lobe.pos_embed.weight.requires_grad
+    assert lobe.conv1.weight.requires_grad and lobe.layers[0].attention.key.linear.weight.requires_grad
+
+
+# --------------------------------------------------- WavLM's position bias
+def test_wavlm_added_tokens_get_zero_position_bias(tiny_wavlm_dir):
+    """Prompts (before the frames) and prefix keys have no position: zero
+    bias as queries and as keys; the frames keep WavLM's bias."""
+    lobe = WavLM(tiny_wavlm_dir).eval()
+    gate = lobe.layers[1].attention.position_bias
+    assert isinstance(gate, GatedPositionBias)
+    frames, prompts, prefixes = 30, 3, 2
+    lobe.relative_positions.num_frames = frames
+    x = torch.randn(2, prompts + frames, 32)
+    with torch.no_grad():
+        plain = gate(x[:, prompts:], frames)
+        added = gate(x, prompts + frames + prefixes)
+    assert plain.shape == (2, 2, frames, frames) and plain.abs().mean() > 0.1
+    assert added.shape == (2, 2, prompts + frames, prompts + frames + prefixes)
+    assert added[:, :, :prompts].abs().sum() == 0 and added[..., : prompts + prefixes].abs().sum() == 0
+    torch.testing.assert_close(added[:, :, prompts:, prompts + prefixes :], plain)
+    lobe.relative_positions.num_frames = None
+    with pytest.raises(RuntimeError, match="run the blocks through the lobe"):
+        gate(x, frames)
+
+
+@pytest.mark.parametrize("petl", [PromptTuning(length=3, deep=True), PrefixTuning(length=4)], ids=["prompts", "prefix"])
+def test_wavlm_frames_keep_their_bias_when_tokens_are_added(petl, tiny_wavlm_dir):
+    """Added prompts or prefix keys never shift the frames' positions: in
+    block 0 (whose frames are the plain model's) the bias between frames is
+    the plain model's, whatever the added tokens."""
+    plain = WavLM(tiny_wavlm_dir, pooling=None).eval()
+    adapted = WavLM(tiny_wavlm_dir, pooling=None, petl=petl).eval()
+    seen = {}
+    for name, lobe in (("plain", plain), ("adapted", adapted)):
+        lobe.layers[0].attention.position_bias.register_forward_hook(
+            lambda m, i, o, name=name: seen.update({name: o})
+        )
+    wavs = torch.randn(2, 8000)
+    with torch.no_grad():
+        plain(wavs, torch.tensor([1.0, 0.6]))
+        adapted(wavs, torch.tensor([1.0, 0.6]))
+    frames = seen["plain"].shape[2]
+    torch.testing.assert_close(seen["adapted"][:, :, -frames:, -frames:], seen["plain"], rtol=1e-5, atol=1e-5)
 
 
 def test_wav2vec2_pooling_ignores_padding(tiny_w2v2_dir):
@@ -131,6 +256,14 @@ def test_default_checkpoints_build_offline_without_weights():
     assert ast.pos_embed.shape == (1, 2 + 12 * 9, 768)
     w2v2 = Wav2Vec2(pretrained=False)
     assert (w2v2.hidden_size, w2v2.num_layers, w2v2.pre_norm) == (768, 12, False)
+    for lobe_class in (HuBERT, WavLM):
+        lobe = lobe_class(pretrained=False)
+        assert (lobe.hidden_size, lobe.num_layers, lobe.pre_norm, lobe.normalize_waveform) == (768, 12, False, False)
+    assert lobe.relative_positions.embedding.weight.shape == (320, 12)  # WavLM's buckets x heads
+    whisper = WhisperEncoder(pretrained=False)
+    assert (whisper.hidden_size, whisper.num_layers, whisper.config.num_mel_bins) == (512, 6, 80)
+    small = load_config(WhisperConfig, "openai/whisper-small")
+    assert (small.d_model, small.encoder_layers, small.encoder_attention_heads) == (768, 12, 12)
 
 
 def test_loading_errors_name_the_folder(tmp_path, tiny_ast_dir):
@@ -162,6 +295,21 @@ def test_a_folder_of_the_other_backbone_is_refused_at_load_time(tiny_ast_dir, ti
     message = str(err.value)
     assert tiny_ast_dir in message and "'ASTModel'" not in message and "ASTModel" in message
     assert "Wav2Vec2 (speechbrain_petl.backbones.Wav2Vec2)" in message
+
+
+def test_a_folder_of_another_speech_encoder_is_refused(tiny_hubert_dir, tiny_wavlm_dir, tiny_whisper_dir):
+    """HuBERT and WavLM share Wav2Vec2's layout but not its weights: each
+    lobe takes only its own model type and names the lobe that fits."""
+    for lobe_class, folder, holds, fits in [
+        (WavLM, tiny_hubert_dir, "HubertModel", "HuBERT (speechbrain_petl.backbones.HuBERT)"),
+        (HuBERT, tiny_wavlm_dir, "WavLMModel", "WavLM (speechbrain_petl.backbones.WavLM)"),
+        (WhisperEncoder, tiny_wavlm_dir, "WavLMModel", "WavLM"),
+        (Wav2Vec2, tiny_whisper_dir, "WhisperModel", "WhisperEncoder (speechbrain_petl.backbones.WhisperEncoder)"),
+    ]:
+        with pytest.raises(ValueError) as err:
+            lobe_class(folder)
+        message = str(err.value)
+        assert folder in message and holds in message and fits in message
 
 
 def test_a_missing_or_unexpected_backbone_weight_is_an_error(tmp_path, tiny_ast_dir):
@@ -230,12 +378,12 @@ def test_position_embedding_adaptation_rejects_other_mel_bins():
 
 
 # ----------------------------------------------------------------- freezing
-@pytest.mark.parametrize("kind", ["ast", "w2v2"])
-def test_frozen_backbone_has_no_trainable_parameter_and_stays_in_eval(kind, tiny_ast_dir, tiny_w2v2_dir):
-    if kind == "ast":
-        lobe = AST(tiny_ast_dir, max_frames=64, pooling=None)
-    else:
-        lobe = Wav2Vec2(tiny_w2v2_dir, pooling=None)
+@pytest.mark.parametrize("kind", ["ast", "w2v2", "hubert", "wavlm", "whisper"])
+def test_frozen_backbone_has_no_trainable_parameter_and_stays_in_eval(kind, tiny_lobe):
+    lobe = tiny_lobe(kind, pooling=None)
+    if kind == "whisper":
+        assert lobe.config.dropout > 0 and lobe.config.attention_dropout > 0
+    elif kind != "ast":
         assert lobe.config.hidden_dropout > 0 and lobe.config.layerdrop > 0
     assert not any(p.requires_grad for p in lobe.parameters())
     lobe.train()
@@ -265,6 +413,18 @@ def test_save_pretrained_round_trip_keeps_fine_tuned_weights(tmp_path, tiny_ast_
         lobe.save_pretrained(tmp_path / "tuned")
     with pytest.raises(RuntimeError, match="would be lost"):
         AST(tiny_ast_dir, max_frames=64, petl=LoRA(rank=2)).save_pretrained(tmp_path / "lora")
+
+
+@pytest.mark.parametrize("kind", ["hubert", "wavlm", "whisper"])
+def test_save_pretrained_round_trip_of_the_speech_encoders(kind, tmp_path, tiny_lobe):
+    lobe = tiny_lobe(kind, petl=FullFineTuning()).eval()
+    with torch.no_grad():
+        lobe.layers[1].mlp.fc1.linear.weight.add_(0.5)
+    lobe.save_pretrained(tmp_path / "tuned")
+    reloaded = type(lobe)(str(tmp_path / "tuned")).eval()
+    wavs = torch.randn(2, 8000)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(wavs, torch.tensor([1.0, 0.7])), lobe(wavs, torch.tensor([1.0, 0.7])))
 
 
 def test_sincos_positions_only_for_random_weights(tiny_ast_dir):

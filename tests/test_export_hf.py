@@ -15,6 +15,9 @@ from transformers import (
     ASTModel,
     AutoFeatureExtractor,
     Wav2Vec2ForSequenceClassification,
+    HubertModel,
+    WavLMModel,
+    WhisperModel,
     pipeline,
 )
 
@@ -22,7 +25,7 @@ from method_zoo import conformer, perturb_petl_
 from mini_datasets import make_speech_commands
 from recipe_utils import REPO, load_recipe_module
 from speechbrain_petl import export, export_hf, export_peft
-from speechbrain_petl.backbones import AST, Wav2Vec2
+from speechbrain_petl.backbones import AST, HuBERT, Wav2Vec2, WavLM, WhisperEncoder
 from speechbrain_petl.backbones.wav2vec2 import normalize
 from speechbrain_petl.data.audio import load_audio
 from speechbrain_petl.export import write_inference_folder
@@ -211,6 +214,45 @@ def test_a_recipe_like_ast_adapter_goes_on_ASTModel_with_the_head_beside_it(tiny
         assert torch.allclose(torch.softmax(logits, -1)[0], our_probs(lobe, head, wav), atol=1e-6)
     # The README's snippet names the pooling the head needs.
     assert "pooled = hidden.mean(dim=1)" in (dest / "README.md").read_text()
+
+
+@pytest.mark.parametrize("kind", ["hubert", "wavlm", "whisper"])
+def test_peft_adapter_on_the_speech_encoders_equals_ours(kind, tmp_path, request):
+    """A LoRA on WavLM's feed-forward goes on WavLMModel (one on its
+    attention is refused: transformers' WavLM attention reads the projection
+    weights directly, PEFT would change nothing); on Whisper's encoder, on
+    WhisperModel, when the run used transformers' 30 s windows
+    (``crop_positions: False``; a cropped run is refused, naming the
+    option). Neither has a merged classification export (a clear error)."""
+    folder = request.getfixturevalue(f"tiny_{kind}_dir")
+    if kind == "hubert":
+        lobe, model_class = HuBERT(folder, petl=LoRA(rank=2)), HubertModel
+    elif kind == "wavlm":
+        on_attention = trained(WavLM(folder, petl=LoRA(rank=2)))
+        bypassed = r"never apply a LoRA on \['attention.query', 'attention.value'\]"
+        with pytest.raises(export_hf.NotRepresentable, match=bypassed):
+            export_peft.write_peft_adapter(tmp_path / "attention", on_attention, linear_head(), ENCODER)
+        lobe, model_class = WavLM(folder, petl=LoRA(rank=2, targets=["mlp.fc1", "mlp.fc2"])), WavLMModel
+    else:
+        cropped = trained(WhisperEncoder(folder, petl=LoRA(rank=2)))
+        with pytest.raises(export_hf.NotRepresentable, match="crop_positions: False"):
+            export_peft.write_peft_adapter(tmp_path / "cropped", cropped, linear_head(), ENCODER)
+        lobe, model_class = WhisperEncoder(folder, petl=LoRA(rank=2), crop_positions=False), WhisperModel
+    lobe, head = trained(lobe), linear_head()
+    dest = export_peft.write_peft_adapter(tmp_path / "adapter", lobe, head, ENCODER)
+    model = PeftModel.from_pretrained(model_class.from_pretrained(folder), str(dest)).eval()
+    extractor = AutoFeatureExtractor.from_pretrained(dest)
+    for wav in CLIPS[:2]:
+        with torch.no_grad():
+            if kind != "whisper":
+                hidden = model(extractor(wav.numpy(), sampling_rate=16000, return_tensors="pt")["input_values"])
+            else:
+                features = extractor(wav.numpy(), sampling_rate=16000, return_tensors="pt")["input_features"]
+                hidden = model.base_model.model.encoder(features)
+            tokens, _ = lobe.encode(wav[None])
+        torch.testing.assert_close(hidden.last_hidden_state, tokens, rtol=0, atol=1e-5)
+    with pytest.raises(export_hf.NotRepresentable, match="has no transformers classification model here"):
+        export_hf.write_merged_model(tmp_path / "merged", lobe, head, ENCODER)
 
 
 def test_peft_round_trip_gives_back_our_lora(tiny_ast_dir, tmp_path):

@@ -14,7 +14,7 @@ from speechbrain.inference.interfaces import foreign_class
 from speechbrain.nnet.linear import Linear
 
 from method_zoo import ALL_METHODS, perturb_petl_
-from speechbrain_petl.backbones import AST, Wav2Vec2
+from speechbrain_petl.backbones import AST, HuBERT, Wav2Vec2, WavLM, WhisperEncoder
 from speechbrain_petl.export import write_inference_folder
 from speechbrain_petl.inference import AudioClassifier, label_encoder
 from speechbrain_petl.methods import Adapters, ConformerAdapter, LoRA
@@ -24,10 +24,11 @@ LABELS = ["dog", "rain", "siren"]
 
 
 def make_lobe(kind, folder, petl=None):
-    """A tiny lobe of ``kind`` ("ast" or "w2v2") loaded from ``folder``."""
+    """A tiny lobe of ``kind`` ("ast", "w2v2", "hubert", "wavlm", "whisper") loaded from ``folder``."""
     if kind == "ast":
         return AST(folder, max_frames=64, petl=petl)
-    return Wav2Vec2(folder, petl=petl)
+    lobe_class = {"w2v2": Wav2Vec2, "hubert": HuBERT, "wavlm": WavLM, "whisper": WhisperEncoder}[kind]
+    return lobe_class(folder, petl=petl)
 
 
 def trained_task(kind, folder, method, seed=0):
@@ -74,6 +75,23 @@ def test_inference_folder_round_trip(method, kind_and_folder, tmp_path):
     state = torch.load(folder / "embedding_model.ckpt", weights_only=True)
     assert set(state["state"]) == set(lobe.trainable_state_dict())
     assert state["fingerprint"]["frozen_sha256"] == lobe.fingerprint()["frozen_sha256"]
+
+
+@pytest.mark.parametrize("method", ["prefix", "conformer_houlsby_sequential", "full"])
+@pytest.mark.parametrize("kind", ["hubert", "wavlm", "whisper"])
+def test_inference_folder_round_trip_of_the_speech_encoders(kind, method, tmp_path, request):
+    """The artefact round trip on HuBERT, WavLM and Whisper's encoder: the
+    loaded folder classifies as the live modules and keeps the fingerprint."""
+    lobe, head, encoder = trained_task(kind, request.getfixturevalue(f"tiny_{kind}_dir"), method)
+    folder = write_inference_folder(tmp_path / "task", lobe, head, encoder)
+    expected = AudioClassifier.from_modules(lobe, head, encoder).classify_batch(WAVS, WAV_LENS)
+    loaded = AudioClassifier.from_hparams(source=str(folder), savedir=str(tmp_path / "cache"))
+    log_probs, _, index, labels = loaded.classify_batch(WAVS, WAV_LENS)
+    torch.testing.assert_close(log_probs, expected[0], rtol=0, atol=1e-6)
+    assert torch.equal(index, expected[2]) and labels == expected[3]
+    state = torch.load(folder / "embedding_model.ckpt", weights_only=True)
+    assert state["fingerprint"]["frozen_sha256"] == lobe.fingerprint()["frozen_sha256"]
+    assert type(loaded.mods.embedding_model) is type(lobe)
 
 
 def test_foreign_class_and_a_moved_copy(tiny_ast_dir, tmp_path):

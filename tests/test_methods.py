@@ -27,12 +27,16 @@ from method_zoo import ALL_METHODS, IDENTITY_AT_INIT, bottleneck, conformer, per
 from tiny import save_tiny_ast
 
 
-@pytest.fixture(params=["ast", "w2v2"])
-def make_lobe(request, tiny_ast_dir, tiny_w2v2_dir):
+#: Every lobe kind (conftest's ``tiny_lobe``).
+KINDS = ["ast", "w2v2", "hubert", "wavlm", "whisper"]
+#: The kinds with a padding mask (AST pads in the fbank domain and attends to all).
+MASKED_KINDS = ["w2v2", "hubert", "wavlm", "whisper"]
+
+
+@pytest.fixture(params=KINDS)
+def make_lobe(request, tiny_lobe):
     def make(petl=None, pooling="mean"):
-        if request.param == "ast":
-            return AST(tiny_ast_dir, max_frames=64, petl=petl, pooling=pooling)
-        return Wav2Vec2(tiny_w2v2_dir, petl=petl, pooling=pooling)
+        return tiny_lobe(request.param, petl=petl, pooling=pooling)
 
     return make
 
@@ -57,11 +61,12 @@ def test_identity_at_initialisation(method, make_lobe):
 
 
 # ------------------------------------------------------------- padding masks
+@pytest.mark.parametrize("kind", MASKED_KINDS)
 @pytest.mark.parametrize("method", list(ALL_METHODS))
-def test_padding_never_changes_a_clip_output(method, tiny_w2v2_dir):
+def test_padding_never_changes_a_clip_output(method, kind, tiny_lobe):
     """A clip's embedding is the same alone or padded in a batch, for every
     method: prompts/prefixes extend the mask, adapters zero the padding."""
-    lobe = Wav2Vec2(tiny_w2v2_dir, petl=ALL_METHODS[method]())
+    lobe = tiny_lobe(kind, petl=ALL_METHODS[method]())
     perturb_petl_(lobe)
     lobe.eval()
     clip = torch.randn(4700)
@@ -196,8 +201,11 @@ def test_training_step_updates_only_petl_and_head(method, make_lobe):
             assert not training, f"frozen module {name} ran in train mode"
 
 
-def test_bf16_autocast_step_on_cpu(tiny_ast_dir):
-    lobe = AST(tiny_ast_dir, max_frames=64, petl=conformer())
+@pytest.mark.parametrize("kind", ["ast", "wavlm", "whisper"])
+def test_bf16_autocast_step_on_cpu(kind, tiny_lobe):
+    """Mixed precision: AST's fbank, WavLM's float position bias and
+    Whisper's log-mel meet bf16 activations."""
+    lobe = tiny_lobe(kind, petl=[conformer(), PrefixTuning(length=4)])
     brain = ClassificationBrain(
         modules={"backbone": lobe, "classifier": torch.nn.Linear(32, 3)},
         opt_class=lambda params: torch.optim.AdamW(params, lr=0.05),
@@ -211,10 +219,11 @@ def test_bf16_autocast_step_on_cpu(tiny_ast_dir):
 
 
 # ------------------------------------------------------------- checkpoints
+@pytest.mark.parametrize("kind", ["ast", "hubert", "wavlm", "whisper"])
 @pytest.mark.parametrize("method", ["lora", "conformer_pfeiffer_parallel", "prompt_deep", "bitfit", "full"])
-def test_checkpoint_holds_only_trainable_state_and_restores_it(method, tmp_path, tiny_ast_dir):
+def test_checkpoint_holds_only_trainable_state_and_restores_it(method, kind, tmp_path, tiny_lobe):
     wavs = torch.randn(2, 8000)
-    lobe = AST(tiny_ast_dir, max_frames=64, petl=ALL_METHODS[method]())
+    lobe = tiny_lobe(kind, petl=ALL_METHODS[method]())
     perturb_petl_(lobe)
     if method == "full":
         with torch.no_grad():
@@ -229,7 +238,7 @@ def test_checkpoint_holds_only_trainable_state_and_restores_it(method, tmp_path,
         assert all(key.startswith("petl.") for key in state)
         assert trainable < total / 10
 
-    fresh = AST(tiny_ast_dir, max_frames=64, petl=ALL_METHODS[method]())
+    fresh = tiny_lobe(kind, petl=ALL_METHODS[method]())
     with torch.no_grad():
         assert not torch.allclose(fresh.eval()(wavs), lobe.eval()(wavs))
     Checkpointer(tmp_path, {"backbone": fresh}).recover_if_possible()
@@ -260,6 +269,22 @@ def test_checkpoint_restored_onto_another_backbone_is_refused(tmp_path, tiny_ast
     # The same weights reached through another folder are the same backbone.
     copy = shutil.copytree(tiny_ast_dir, tmp_path / "copy_of_the_weights")
     Checkpointer(tmp_path / "ckpt", {"backbone": AST(str(copy), max_frames=64, petl=LoRA(rank=2))}).recover_if_possible()
+
+
+@pytest.mark.parametrize("kind", ["hubert", "wavlm", "whisper"])
+def test_checkpoint_of_the_speech_encoders_is_tied_to_their_weights(kind, tmp_path, tiny_lobe):
+    """The fingerprint round trip: a checkpoint restores onto the same
+    weights from another folder, and is refused on other weights."""
+    from tiny import save_tiny
+
+    lobe = tiny_lobe(kind, petl=LoRA(rank=2))
+    Checkpointer(tmp_path / "ckpt", {"backbone": lobe}).save_checkpoint()
+    lobe_class = type(lobe)
+    other = lobe_class(save_tiny(kind, tmp_path / "other", seed=1), petl=LoRA(rank=2))
+    with pytest.raises(RuntimeError, match="another backbone(.|\\n)*frozen weights differ"):
+        Checkpointer(tmp_path / "ckpt", {"backbone": other}).recover_if_possible()
+    copy = shutil.copytree(lobe.source, tmp_path / "copy")
+    Checkpointer(tmp_path / "ckpt", {"backbone": lobe_class(str(copy), petl=LoRA(rank=2))}).recover_if_possible()
 
 
 # ---------------------------------------------------------- composition

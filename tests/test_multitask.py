@@ -28,7 +28,9 @@ AST_TASKS.update(
     prompt_top=(lambda: PromptTuning(length=2, deep=True, layers=[1]), 64),
     conformer_48=(conformer, 48),
 )
-W2V2_TASKS = {name: ALL_METHODS[name] for name in ("lora", "conformer_pfeiffer_parallel", "bitfit", "prefix")}
+W2V2_TASKS = {
+    name: ALL_METHODS[name] for name in ("lora", "conformer_pfeiffer_parallel", "bitfit", "prefix", "prompt_deep")
+}
 
 
 def write_task(folder, lobe, n_classes, seed):
@@ -215,9 +217,13 @@ def test_lobes_of_different_kinds_are_refused(ast_folders, tiny_w2v2_dir, tmp_pa
         MultiTaskClassifier.from_folders({"lora": ast_folders["lora"], "w2v2": w2v2})
 
 
-def test_wav2vec2_tasks_are_routed_per_sample_too(tiny_w2v2_dir, tmp_path):
+@pytest.mark.parametrize("kind", ["w2v2", "wavlm", "whisper"])
+def test_speech_encoder_tasks_are_routed_per_sample_too(kind, tiny_lobe, tmp_path):
+    """Wav2Vec2, and the lobes with their own twists: WavLM's position bias
+    (prefix keys and prompts get none, whatever the sub-batch) and
+    Whisper's cropped positions."""
     folders = {
-        name: write_task(tmp_path / name, Wav2Vec2(str(tiny_w2v2_dir), petl=factory()), 3, seed)
+        name: write_task(tmp_path / name, tiny_lobe(kind, petl=factory()), 3, seed)
         for seed, (name, factory) in enumerate(W2V2_TASKS.items())
     }
     server = MultiTaskClassifier.from_folders(folders)
@@ -225,7 +231,7 @@ def test_wav2vec2_tasks_are_routed_per_sample_too(tiny_w2v2_dir, tmp_path):
         name: AudioClassifier.from_hparams(source=str(folder), savedir=str(tmp_path / "single" / name))
         for name, folder in folders.items()
     }
-    tasks = ["lora", "prefix", "conformer_pfeiffer_parallel", "bitfit", "lora", "prefix", "bitfit"]
+    tasks = ["lora", "prefix", "conformer_pfeiffer_parallel", "bitfit", "prompt_deep", "lora", "prefix", "bitfit"]
     assert_matches_single_models(server, singles, tasks)
 
 

@@ -48,8 +48,9 @@ def test_params_report_of_every_recipe(row, capsys, tiny_ast_dir):
     else:
         assert summary["petl"] > 0 and summary["head"] > 0
     assert summary["total"] == summary["petl"] + summary["head"] + summary["frozen"]
-    if name.startswith("full"):
-        assert summary["frozen"] == (0 if backbone_kind(row) == "ast" else 4_200_448)  # W2V2 CNN
+    if "full" in name.split("_"):
+        # AST: nothing; the waveform encoders: their CNN; Whisper: its fixed sinusoidal positions
+        assert summary["frozen"] == {"ast": 0, "whisper": 1500 * 512}.get(backbone_kind(row), 4_200_448)
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == summary
 
 
@@ -85,3 +86,61 @@ def test_yaml_without_modules_is_a_clear_error(tmp_path):
     bad.write_text("n_classes: 3\n")
     with pytest.raises(KeyError, match="no 'modules' key"):
         load_modules([str(bad)])
+
+
+def test_readme_method_by_backbone_table_is_what_each_lobe_trains():
+    """The top README's method x backbone table: every method on every lobe
+    (built on the meta device from the shipped configs), no empty cell."""
+    import functools
+    import re
+
+    import torch
+
+    from speechbrain_petl.backbones import AST, HuBERT, Wav2Vec2, WavLM, WhisperEncoder
+    from speechbrain_petl.methods import (
+        Adapters,
+        BitFit,
+        BottleneckAdapter,
+        ConformerAdapter,
+        FullFineTuning,
+        LinearProbing,
+        LoRA,
+        PrefixTuning,
+        PromptTuning,
+    )
+
+    bottleneck = functools.partial(BottleneckAdapter, bottleneck=12)
+    conformer = functools.partial(ConformerAdapter, bottleneck=8, kernel_size=31)
+    methods = {
+        "Full fine-tuning": FullFineTuning,
+        "Linear probing": LinearProbing,
+        "BitFit": BitFit,
+        "Shallow prompts": lambda: PromptTuning(length=300),
+        "Deep prompts": lambda: PromptTuning(length=25, deep=True),
+        "Prefix tuning": lambda: PrefixTuning(length=24),
+        "LoRA": lambda: LoRA(rank=6, alpha=0.75, targets=["attention.query", "attention.value"]),
+        "Bottleneck (Pfeiffer)": lambda: Adapters(bottleneck),
+        "Bottleneck (Houlsby)": lambda: Adapters(bottleneck, placement="houlsby"),
+        "Conformer (Pfeiffer)": lambda: Adapters(conformer),
+        "Conformer (Houlsby)": lambda: Adapters(conformer, placement="houlsby"),
+    }
+    lobes = [
+        lambda: AST(pretrained=False, max_frames=100),
+        lambda: Wav2Vec2(pretrained=False),
+        lambda: HuBERT(pretrained=False),
+        lambda: WavLM(pretrained=False),
+        lambda: WhisperEncoder(pretrained=False),
+    ]
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    table = {}
+    for name in methods:
+        (line,) = [line for line in readme.splitlines() if line.startswith(f"| {name} | ") and line.count("|") == 7]
+        table[name] = [int(cell.replace(",", "")) for cell in re.findall(r"\| ([\d,]+)", line)]
+        assert len(table[name]) == len(lobes), line
+    for column, make in enumerate(lobes):
+        with torch.device("meta"):
+            lobe = make()
+        for name, method in methods.items():
+            lobe.attach(method(), "task")
+            assert sum(p.numel() for p in lobe.parameters() if p.requires_grad) == table[name][column], (name, column)
+            lobe.detach("task")

@@ -48,7 +48,7 @@ from recipe_table import (
 from recipe_utils import REPO, load_recipe_module
 from speechbrain_petl.inference import AudioClassifier
 from speechbrain_petl.methods import FullFineTuning
-from speechbrain_petl.paper import SUFFIXES, paper_accuracy
+from speechbrain_petl.paper import BEYOND_THE_PAPER, SUFFIXES, paper_accuracy
 from speechbrain.utils.run_opts import RunOptions
 
 #: SpeechBrain's run options (``--device`` and so on): the yaml check leaves them out.
@@ -68,8 +68,11 @@ def mini_data(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def backbones(tiny_ast_dir, tiny_w2v2_dir):
-    return {"ast": tiny_ast_dir, "w2v2": tiny_w2v2_dir}
+def backbones(tiny_ast_dir, tiny_w2v2_dir, tiny_hubert_dir, tiny_wavlm_dir, tiny_whisper_dir):
+    return {
+        "ast": tiny_ast_dir, "w2v2": tiny_w2v2_dir, "hubert": tiny_hubert_dir, "wavlm": tiny_wavlm_dir,
+        "whisper": tiny_whisper_dir,
+    }  # fmt: skip
 
 
 def row_classes(row):
@@ -128,10 +131,14 @@ def test_speechbrains_exact_command_line(row, tmp_path):
 
 
 # ------------------------------------------- deeper: a pretrained tiny backbone
-#: Every method on both lobes (Speech Commands), plus one row of every other table.
+#: Every method on both lobes (Speech Commands), plus one row of every other
+#: table and one conformer row of each backbone beyond the paper.
 DEEP_ROWS = [r for r in TRAIN_ROWS if r["table"] == "Google-speech-commands"] + [
     next(r for r in TRAIN_ROWS if r["table"] == t)
     for t in sorted({r["table"] for r in TRAIN_ROWS} - {"Google-speech-commands"})
+] + [
+    next(r for r in TRAIN_ROWS if backbone_kind(r) == kind and "conformer" in row_id(r))
+    for kind in ("hubert", "wavlm", "whisper")
 ]
 
 
@@ -323,7 +330,8 @@ def test_every_yaml_declares_its_dataset_and_method(row):
     dataset = path.parents[2].name  # recipes/<Dataset>/PETL/hparams/<method>_<suffix>.yaml
     assert declared["dataset"] == dataset == row["table"]
     assert f"{declared['method']}_{SUFFIXES[dataset]}" == path.stem
-    assert paper_accuracy(declared["method"], dataset) is not None or dataset == "IEMOCAP"
+    beyond = declared["method"].startswith(BEYOND_THE_PAPER)
+    assert (paper_accuracy(declared["method"], dataset) is not None) != beyond or dataset == "IEMOCAP"
 
 
 def test_num_workers_default_to_the_machine(monkeypatch):

@@ -191,6 +191,20 @@ def test_budget_solver_lands_on_exact_counts(capsys):
     assert capsys.readouterr().out.strip().endswith("--sweep=lora_rank:3,6,27")
 
 
+def test_budget_solver_on_the_speech_encoders():
+    """Unchanged on the new lobes: LoRA on WavLM-base+ (q and v of 12 blocks
+    of width 768) and the Conformer adapter on Whisper-base's encoder."""
+    rows = budget.main(
+        [str(REPO / "recipes/IEMOCAP/PETL/hparams/wavlm_lora_iemocap.yaml"), "--key=lora_rank", "--targets=221184"]
+    )
+    assert rows == [(221184, 6, 221184)]
+    rows = budget.main(
+        [str(REPO / "recipes/IEMOCAP/PETL/hparams/whisper_conformer_iemocap.yaml"), "--key=adapter_bottleneck",
+         "--targets=100000"]
+    )
+    assert rows == [(100000, 9, 100248)]
+
+
 def test_study_argument_errors(tmp_path):
     with pytest.raises(ValueError, match="key:value1,value2"):
         study.parse_sweep("kernel_size")

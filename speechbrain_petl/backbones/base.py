@@ -165,8 +165,9 @@ class Backbone(MethodHost, TrainedState, nn.Module, abc.ABC):
         """Waveforms -> (tokens (batch, time, width), mask (batch, time) or None).
 
         ``augment``, when given, is applied to the lobe's input features
-        (AST: the normalised fbank ``(batch, frames, mels)``; Wav2Vec2: the
-        waveforms): the recipe passes its augmentation at training time only.
+        (AST: the normalised fbank ``(batch, frames, mels)``; Wav2Vec2, HuBERT,
+        WavLM: the waveforms; Whisper: the log-mel ``(batch, frames, mels)``):
+        the recipe passes its augmentation at training time only.
         """
 
     #: An :class:`~speechbrain_petl.embedding_cache.EmbeddingCache` that

@@ -53,6 +53,13 @@ class SelfAttention(nn.Module):
         Number of attention heads.
     dropout : float
         Attention-probability dropout (active only when trained).
+    position_bias : callable, optional
+        An additive attention bias (WavLM's gated relative positions):
+        ``position_bias(x, num_keys)`` gets the attention input ``x``
+        ``(batch, queries, width)`` and the number of keys after the
+        ``keys_values`` site (prefixes included) and returns a float tensor
+        broadcastable to ``(batch, heads, queries, num_keys)``. A module is
+        registered (its weights belong to the block).
 
     Example
     -------
@@ -62,7 +69,7 @@ class SelfAttention(nn.Module):
     torch.Size([2, 7, 16])
     """
 
-    def __init__(self, query, key, value, output, num_heads, dropout=0.0):
+    def __init__(self, query, key, value, output, num_heads, dropout=0.0, position_bias=None):
         super().__init__()
         if query.out_features % num_heads:
             raise ValueError(
@@ -76,6 +83,7 @@ class SelfAttention(nn.Module):
         self.value = LinearSite(value)
         self.keys_values = KeyValueSite()
         self.output = LinearSite(output)
+        self.position_bias = position_bias
 
     def _heads(self, x):
         batch, time, width = x.shape
@@ -86,6 +94,9 @@ class SelfAttention(nn.Module):
         q, k, v = self.query(x), self.key(x), self.value(x)
         k, v, kv_mask = self.keys_values(k, v, mask)
         attn_mask = None if kv_mask is None else kv_mask[:, None, None, :]
+        if self.position_bias is not None:
+            bias = self.position_bias(x, k.shape[1]).to(q.dtype)
+            attn_mask = bias if attn_mask is None else bias.masked_fill(~attn_mask, float("-inf"))
         out = F.scaled_dot_product_attention(
             self._heads(q),
             self._heads(k),

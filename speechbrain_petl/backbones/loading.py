@@ -25,12 +25,19 @@ CONFIG_DIR = pathlib.Path(__file__).parent / "configs"
 SHIPPED_CONFIGS = {
     "MIT/ast-finetuned-audioset-10-10-0.4593": "ast-finetuned-audioset-10-10-0.4593.json",
     "facebook/wav2vec2-base-960h": "wav2vec2-base-960h.json",
+    "facebook/hubert-base-ls960": "hubert-base-ls960.json",
+    "microsoft/wavlm-base-plus": "wavlm-base-plus.json",
+    "openai/whisper-base": "whisper-base.json",
+    "openai/whisper-small": "whisper-small.json",
 }
 
 #: The lobe (yaml class) built on each Hugging Face model type, for messages.
 LOBES = {
     "audio-spectrogram-transformer": "AST (speechbrain_petl.backbones.AST)",
     "wav2vec2": "Wav2Vec2 (speechbrain_petl.backbones.Wav2Vec2)",
+    "hubert": "HuBERT (speechbrain_petl.backbones.HuBERT)",
+    "wavlm": "WavLM (speechbrain_petl.backbones.WavLM)",
+    "whisper": "WhisperEncoder (speechbrain_petl.backbones.WhisperEncoder)",
 }
 
 #: Weights a pretrained checkpoint may lack without harm: Wav2Vec2's mask
@@ -171,9 +178,12 @@ def load_config(config_class, source):
 
 def model_class_of(config_class):
     """The name-giving model class of a config class, for messages."""
-    from transformers import ASTConfig, ASTModel, Wav2Vec2Config, Wav2Vec2Model
+    import transformers
 
-    return {ASTConfig: ASTModel, Wav2Vec2Config: Wav2Vec2Model}.get(config_class, config_class)
+    names = {"ASTConfig": "ASTModel", "Wav2Vec2Config": "Wav2Vec2Model", "HubertConfig": "HubertModel",
+             "WavLMConfig": "WavLMModel", "WhisperConfig": "WhisperModel"}
+    name = names.get(config_class.__name__)
+    return getattr(transformers, name) if name else config_class
 
 
 def _require_source(source, model_class):

@@ -21,7 +21,13 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import mini_datasets  # noqa: E402
-from tiny import tiny_ast_config, tiny_w2v2_config  # noqa: E402
+from tiny import (  # noqa: E402
+    tiny_ast_config,
+    tiny_hubert_config,
+    tiny_w2v2_config,
+    tiny_wavlm_config,
+    tiny_whisper_config,
+)
 
 #: Folder under tests/samples -> function writing it there.
 SAMPLES = {
@@ -41,6 +47,9 @@ SAMPLES = {
     ),
     "tiny_ast": lambda root: tiny_ast_config().save_pretrained(root),
     "tiny_w2v2": lambda root: tiny_w2v2_config().save_pretrained(root),
+    "tiny_hubert": lambda root: tiny_hubert_config().save_pretrained(root),
+    "tiny_wavlm": lambda root: tiny_wavlm_config().save_pretrained(root),
+    "tiny_whisper": lambda root: tiny_whisper_config().save_pretrained(root),
 }
 
 

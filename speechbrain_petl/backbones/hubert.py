@@ -1,0 +1,50 @@
+"""HuBERT as a frozen SpeechBrain lobe (Wav2Vec2's layout, HuBERT's weights)."""
+
+import torch  # noqa: F401  (used by the example)
+from transformers import HubertConfig, HubertModel
+
+from speechbrain_petl.backbones.waveform import WaveformEncoder
+
+DEFAULT_HUBERT = "facebook/hubert-base-ls960"
+
+
+class HuBERT(WaveformEncoder):
+    """Frozen HuBERT: raw 16 kHz waveforms in, pooled embeddings out.
+
+    Structurally Wav2Vec2 (CNN feature encoder, convolutional positions,
+    post-LN base / pre-LN large blocks), so it shares
+    :class:`~speechbrain_petl.backbones.waveform.WaveformEncoder` with the
+    Wav2Vec2 lobe: same sites, same padding masks, same frozen CNN.
+
+    Arguments
+    ---------
+    source : str or transformers.HubertConfig
+        Hub id, ``save_pretrained`` folder, or (pretrained=False) a config.
+    pretrained : bool
+        Load the weights of ``source``; False builds random weights.
+    pooling : str or None
+        ``"mean"`` over real output frames (default) or None for tokens.
+    petl : PETLMethod, list or dict, optional
+        PETL methods to attach.
+    normalize_waveform : bool
+        Per-utterance zero mean, unit variance. Off by default:
+        ``hubert-base-ls960`` was pre-trained on raw waveforms (fairseq's
+        ``normalize: false``); the large checkpoints want it on.
+
+    Example
+    -------
+    >>> from transformers import HubertConfig
+    >>> config = HubertConfig(hidden_size=32, num_hidden_layers=2,
+    ...     num_attention_heads=2, intermediate_size=64, conv_dim=(16, 16),
+    ...     conv_kernel=(10, 3), conv_stride=(5, 2), num_feat_extract_layers=2,
+    ...     num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+    >>> hubert = HuBERT(source=config, pretrained=False)
+    >>> hubert(torch.randn(2, 4000), torch.tensor([1.0, 0.6])).shape
+    torch.Size([2, 32])
+    """
+
+    model_class = HubertModel
+    config_class = HubertConfig
+
+    def __init__(self, source=DEFAULT_HUBERT, pretrained=True, pooling="mean", petl=None, normalize_waveform=False):
+        super().__init__(source, pretrained, pooling, petl, normalize_waveform)
