@@ -141,6 +141,12 @@ class Site(nn.Module):
             hooks.append(hook)
         return hooks
 
+    def may_train(self):
+        """Whether autograd may be needed here: an active hook runs (its
+        method's tensors may train) or, at parameter sites, a tensor in use
+        requires a gradient."""
+        return bool(self.active_hooks())
+
 
 def on_rows(rows, hook, x, y, *extra):
     """``hook(x, y, *extra)`` applied to the ``rows`` of the batch only (all
@@ -157,12 +163,6 @@ def on_rows(rows, hook, x, y, *extra):
         return hook(x, y, *extra)
     pick = [None if t is None else t.index_select(0, rows) for t in (x, y) + extra]
     return y.index_copy(0, rows, hook(*pick))
-
-    def may_train(self):
-        """Whether autograd may be needed here: an active hook runs (its
-        method's tensors may train) or, at parameter sites, a tensor in use
-        requires a gradient."""
-        return bool(self.active_hooks())
 
 
 class _ParameterSite(Site, abc.ABC):
