@@ -108,6 +108,25 @@ def load_head_state(head, path):
     head.load_state_dict(state)
 
 
+def read_clip(path, sample_rate):
+    """One audio file as a mono waveform at ``sample_rate`` (any rate, mono
+    or stereo, any format libsndfile reads), with errors that name the file.
+
+    Example
+    -------
+    >>> read_clip("missing.wav", 16000)
+    Traceback (most recent call last):
+    FileNotFoundError: No audio file at missing.wav
+    """
+    path = str(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No audio file at {path}")
+    try:
+        return load_audio(path, sample_rate)
+    except AudioFileError as err:
+        raise ValueError(f"{path} is not an audio file libsndfile can decode ({err.reason})") from None
+
+
 class AudioClassifier(EncoderClassifier):
     """SpeechBrain's ``EncoderClassifier`` for a frozen backbone with PETL
     modules, with checked inputs: every bad clip or folder gets an error that
@@ -222,12 +241,7 @@ class AudioClassifier(EncoderClassifier):
         """Classifies one audio file (any rate, mono or stereo, any format
         libsndfile reads); returns the ``classify_batch`` tuple for a batch of one."""
         path = str(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"No audio file at {path}")
-        try:
-            wav = load_audio(path, self.sample_rate)
-        except AudioFileError as err:
-            raise ValueError(f"{path} is not an audio file libsndfile can decode ({err.reason})") from None
+        wav = read_clip(path, self.sample_rate)
         self._check_clip(wav, path)
         max_samples = getattr(self.hparams, "max_audio_samples", None)
         if max_samples is not None:

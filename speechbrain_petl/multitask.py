@@ -38,8 +38,7 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 from ruamel.yaml import YAML
 
-from speechbrain_petl.data.audio import AudioFileError, load_audio
-from speechbrain_petl.inference import INFERENCE_FILES, load_head_state
+from speechbrain_petl.inference import INFERENCE_FILES, load_head_state, read_clip
 from speechbrain_petl.methods import FullFineTuning
 
 #: Keys of an inference folder's ``embedding_model`` that are not constructor settings of the lobe.
@@ -56,7 +55,7 @@ class Task:
     lobe : speechbrain_petl.backbones.Backbone
         The (shared) lobe its methods are attached to.
     methods : list of str
-        Names of its methods on ``lobe``.
+        Names of its methods, already attached to ``lobe``.
     head : torch.nn.Module
         Its classification head (embeddings -> logits).
     labels : list of str
@@ -75,16 +74,11 @@ class Task:
         self.labels = list(labels)
         self.folder = folder
         self.max_audio_samples = max_audio_samples
-
-    @property
-    def first_layer(self):
-        """The lowest block the task's methods touch (the blocks below are shared)."""
-        return self.lobe.first_layer_used(self.methods)
-
-    @property
-    def per_sample(self):
-        """Whether the task runs routed per sample (else on a sub-batch of its own)."""
-        return not any(self.lobe.needs_own_batch(name) for name in self.methods)
+        # Fixed once the methods are attached: computed here, not on every call.
+        #: The lowest block the task's methods touch (the blocks below are shared).
+        self.first_layer = lobe.first_layer_used(self.methods)
+        #: Whether the task runs routed per sample (else on a sub-batch of its own).
+        self.per_sample = not any(lobe.needs_own_batch(name) for name in self.methods)
 
 
 class MultiTaskClassifier(torch.nn.Module):
@@ -277,13 +271,7 @@ class MultiTaskClassifier(torch.nn.Module):
         for path, task in zip(paths, tasks):
             if task not in self.tasks:
                 raise KeyError(f"Unknown task {task!r}; loaded: {sorted(self.tasks)}")
-            path = str(path)
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"No audio file at {path}")
-            try:
-                wav = load_audio(path, self.sample_rate)
-            except AudioFileError as err:
-                raise ValueError(f"{path} is not an audio file libsndfile can decode ({err.reason})") from None
+            wav = read_clip(path, self.sample_rate)
             limit = self.tasks[task].max_audio_samples
             clips.append(wav if limit is None else wav[:limit])
         longest = max(len(clip) for clip in clips)
