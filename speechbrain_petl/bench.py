@@ -12,7 +12,8 @@ random weights, offline) and ``max_frames`` set to each requested size
 (100 frames: a 1 s Speech Commands clip; 500: a 5 s ESC-50 clip). Every
 method sees the same random batch and the same initial weights (the yamls
 seed before building). ``lora:top3`` restricts a yaml's method to its top
-3 blocks; ``plain`` (always measured unless ``--no-plain``) is the frozen
+3 blocks; ``lora:recompute=ffn`` sets the lobe's ``recompute`` (see
+``Backbone.recompute``); ``plain`` (always measured unless ``--no-plain``) is the frozen
 backbone without any method, for inference.
 
 For every method and size it reports:
@@ -20,9 +21,17 @@ For every method and size it reports:
 * ``step_s``: the median wall time of a full training step after
   ``warmup`` steps (fbank features, forward, cross-entropy, backward,
   the yaml's optimizer step), and ``clips_per_s``;
+* ``tensor_peak_bytes``: the peak of tensor memory in a training step:
+  the tensors live before it (weights, optimizer state, batch) plus the
+  most the step allocates at once (CPU: PyTorch's allocator followed by
+  the profiler's memory events in one extra step,
+  :class:`~speechbrain_petl.perf.measure.TensorPeak`; CUDA:
+  ``torch.cuda.max_memory_allocated``), the figure to compare methods by;
 * ``peak_bytes``: on CPU the peak resident set (``ru_maxrss``) of a fresh
   process that built and trained only this model (``--isolate``, the CPU
-  default); on CUDA ``torch.cuda.max_memory_allocated`` over the steps;
+  default): it also counts the libraries (importing torch alone is about
+  0.5 GB) and memory the C allocator keeps; on CUDA
+  ``torch.cuda.max_memory_allocated`` over the steps;
 * ``saved_bytes``: what autograd keeps for the backward pass of one step
   (``torch.autograd.graph.saved_tensors_hooks``, each storage once,
   parameters excluded);
@@ -63,13 +72,16 @@ import tempfile
 import torch
 import torch.nn.functional as F
 
+from speechbrain_petl.backbones.blocks import RECOMPUTE_MODES
 from speechbrain_petl.perf.flops import count_step_flops
 from speechbrain_petl.perf.measure import (
     ModuleTimer,
     SavedTensors,
+    TensorPeak,
     matmul_rate,
     median,
     peak_rss_bytes,
+    tensor_bytes,
     timed,
 )
 
@@ -114,20 +126,29 @@ def recipe_yamls(folder):
 
 
 def parse_method(spec):
-    """``"lora:top3"`` -> ``("lora", 3)``; ``"lora"`` -> ``("lora", None)``.
+    """A method and its options: ``"lora:top3:recompute=ffn"`` ->
+    ``("lora", {"top": 3, "recompute": "ffn"})`` (each option may be left out).
 
     Example
     -------
-    >>> parse_method("conformer:top6"), parse_method("full")
-    (('conformer', 6), ('full', None))
+    >>> parse_method("conformer:top6"), parse_method("full:recompute=blocks")
+    (('conformer', {'top': 6, 'recompute': None}), ('full', {'top': None, 'recompute': 'blocks'}))
     """
-    name, _, option = spec.partition(":")
-    if not option:
-        return name, None
-    match = re.fullmatch(r"top(\d+)", option)
-    if not match or int(match.group(1)) < 1:
-        raise ValueError(f"Method {spec!r}: the only option is ':topK' (K >= 1 blocks), e.g. 'lora:top3'.")
-    return name, int(match.group(1))
+    name, *options = spec.split(":")
+    parsed = {"top": None, "recompute": None}
+    for option in options:
+        top = re.fullmatch(r"top(\d+)", option)
+        recompute = re.fullmatch(r"recompute=(\w+)", option)
+        if top and int(top.group(1)) >= 1:
+            parsed["top"] = int(top.group(1))
+        elif recompute and recompute.group(1) in RECOMPUTE_MODES:
+            parsed["recompute"] = recompute.group(1)
+        else:
+            raise ValueError(
+                f"Method {spec!r}: options are ':topK' (K >= 1 blocks) and ':recompute=MODE' "
+                f"(MODE in {[m for m in RECOMPUTE_MODES if m]}), e.g. 'lora:top3:recompute=ffn'."
+            )
+    return name, parsed
 
 
 def load_recipe(yaml_path, overrides):
@@ -212,6 +233,7 @@ def measure(spec):
     backbone, head = hparams["modules"]["backbone"], hparams["modules"]["classifier"]
     if spec["top"]:
         restrict_to_top(backbone, spec["top"])
+    backbone.recompute = spec["recompute"]
     plain = spec["method"] == PLAIN
     if plain:
         backbone.set_active([])
@@ -226,7 +248,7 @@ def measure(spec):
     modules = torch.nn.ModuleList([backbone, head])
     params = [p for p in modules.parameters() if p.requires_grad]
     row = {
-        "method": spec["method"] + (f":top{spec['top']}" if spec["top"] else ""),
+        "method": method_label(spec["method"], spec),
         "frames": spec["frames"],
         "batch": spec["batch"],
         "trainable": 0 if plain else sum(p.numel() for p in params),
@@ -243,6 +265,8 @@ def measure(spec):
     row["peak_bytes"] = (
         torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss_bytes()
     )
+    if device.type == "cuda" and not plain:
+        row["tensor_peak_bytes"] = row["peak_bytes"]  # CUDA's allocator counts tensors only
     row.update(_measure_inference(spec, backbone, head, wavs, lens, autocast))
     return row
 
@@ -288,8 +312,20 @@ def _measure_training(spec, hparams, backbone, head, params, batch, autocast):
                     feature_times.append(timer.seconds)
     step_s, data_s = median(step_times), median(data_times)
     features_s = median(feature_times)
+    tensor_peak = None
+    if torch.device(device).type == "cpu":
+        # One more step, profiled: the tensors live before it (weights,
+        # optimizer state, the batch; gradients are freed) plus its peak.
+        optimizer.zero_grad(set_to_none=True)
+        state = [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+        live = tensor_bytes([*backbone.parameters(), *backbone.buffers(), *head.parameters(),
+                             *head.buffers(), *state, wavs, lens, labels])
+        with TensorPeak() as peak:
+            step()
+        tensor_peak = live + peak.bytes
     return {
         "step_s": step_s,
+        "tensor_peak_bytes": tensor_peak,
         "step_times": step_times,
         "clips_per_s": spec["batch"] / step_s,
         "saved_bytes": saved.bytes,
@@ -365,10 +401,27 @@ def measure_cache(spec):
     }
 
 
-def worker_spec(args, yaml, method, top, frames):
+def method_label(name, options):
+    """The row's name: the method and the options it was measured with.
+
+    Example
+    -------
+    >>> method_label("lora", {"top": 3, "recompute": "ffn"}), method_label("full", {"top": None, "recompute": None})
+    ('lora:top3:recompute=ffn', 'full')
+    """
+    label = name
+    if options.get("top"):
+        label += f":top{options['top']}"
+    if options.get("recompute"):
+        label += f":recompute={options['recompute']}"
+    return label
+
+
+def worker_spec(args, yaml, method, options, frames):
     """The JSON-able settings one measurement needs (see :func:`measure`)."""
     return {
-        "yaml": yaml, "method": method, "top": top, "frames": frames, "batch": args.batch_size,
+        "yaml": yaml, "method": method, "top": options["top"], "recompute": options["recompute"],
+        "frames": frames, "batch": args.batch_size,
         "steps": args.steps, "warmup": args.warmup, "inference_repeats": args.inference_repeats,
         "threads": args.threads, "device": args.device, "dtype": args.dtype,
         "compile": args.compile, "backbone_source": args.backbone_source, "seed": args.seed,
@@ -395,7 +448,7 @@ def measure_isolated(spec):
 
 
 # ---------------------------------------------------------------------- report
-RATIO_KEYS = ("step_s", "clips_per_s", "peak_bytes", "saved_bytes", "trainable", "flops_step")
+RATIO_KEYS = ("step_s", "clips_per_s", "peak_bytes", "tensor_peak_bytes", "saved_bytes", "trainable", "flops_step")
 
 
 def add_ratios(rows, matmul_flops):
@@ -437,8 +490,8 @@ def _pct(value):
 
 
 COLUMNS = (
-    "| method | trainable | step (s) | ×FFT | ×FFT / fwd FLOPs | clips/s | peak MB | ×FFT "
-    "| saved MiB | ×FFT | infer ms/clip | merged ms/clip | GFLOP/step | % matmul rate | features | data |"
+    "| method | trainable | step (s) | ×FFT | ×FFT / fwd FLOPs | clips/s | tensor peak MB | ×FFT "
+    "| process peak MB | ×FFT | saved MiB | ×FFT | infer ms/clip | merged ms/clip | GFLOP/step | % matmul rate | features | data |"
 )
 
 
@@ -465,6 +518,8 @@ def markdown(report):
                 _fmt(row.get("step_s_ratio")),
                 _fmt(row.get("step_ratio_scaled")),
                 _fmt(row.get("clips_per_s"), digits=1),
+                _fmt(row.get("tensor_peak_bytes"), MB, 0),
+                _fmt(row.get("tensor_peak_bytes_ratio")),
                 _fmt(row.get("peak_bytes"), MB, 0),
                 _fmt(row.get("peak_bytes_ratio")),
                 _fmt(row.get("saved_bytes"), MIB, 0),
@@ -508,7 +563,8 @@ def parse_args(argv=None):
     """Command-line options (see the module docstring)."""
     parser = argparse.ArgumentParser(prog="python -m speechbrain_petl.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--methods", default=",".join(PAPER_METHODS),
-                        help="comma-separated yaml names, each optionally ':topK' (default: the paper's 11)")
+                        help="comma-separated yaml names, each optionally with ':topK' and "
+                             "':recompute=ffn|blocks' (default: the paper's 11)")
     parser.add_argument("--frames", default="100,500", help="comma-separated max_frames (GSC 100, ESC-50 500)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=5, help="timed training steps")
@@ -578,12 +634,12 @@ def run(args):
         },
         "rows": [],
     }
-    jobs = [(yamls[name], name, top) for name, top in methods]
+    jobs = [(yamls[name], name, options) for name, options in methods]
     if args.plain:
-        jobs.append((plain_yaml, PLAIN, None))
+        jobs.append((plain_yaml, PLAIN, {"top": None, "recompute": None}))
     for frames in args.frames:
-        for yaml, name, top in jobs:
-            spec = worker_spec(args, yaml, name, top, frames)
+        for yaml, name, options in jobs:
+            spec = worker_spec(args, yaml, name, options, frames)
             row = measure_isolated(spec) if args.isolate else measure(spec)
             if not args.isolate:
                 row["peak_bytes"] = None  # one process for all: its peak is no method's own
@@ -597,7 +653,8 @@ def run(args):
             raise ValueError(f"--embedding-cache needs a linear probing yaml in {args.hparams_dir}")
         report["embedding_cache"] = []
         for frames in args.frames:
-            spec = {**worker_spec(args, yamls["linear"], "linear", None, frames), "cache": True}
+            no_options = {"top": None, "recompute": None}
+            spec = {**worker_spec(args, yamls["linear"], "linear", no_options, frames), "cache": True}
             row = measure_isolated(spec) if args.isolate else measure_cache(spec)
             print(f"[bench] embedding cache @ {frames} frames: {row['speedup']:.1f}x", file=sys.stderr, flush=True)
             report["embedding_cache"].append(row)

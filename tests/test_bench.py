@@ -81,19 +81,22 @@ def _rows(report, method):
 def test_bench_runs_every_kind_of_row_and_ratios_come_from_its_own_rows(tmp_path):
     json_path, md_path = tmp_path / "bench.json", tmp_path / "bench.md"
     bench.main([
-        "--methods", "full,lora,lora:top1,linear", "--frames", "64", "--batch-size", "2",
+        "--methods", "full,lora,lora:top1,linear,lora:recompute=ffn", "--frames", "64", "--batch-size", "2",
         "--steps", "1", "--warmup", "0", "--inference-repeats", "1", "--no-isolate",
         "--backbone-source", TINY, "--json", str(json_path), "--markdown", str(md_path),
         "--embedding-cache", "--cache-batches", "2",
     ])
     report = json.loads(json_path.read_text())
-    assert [row["method"] for row in report["rows"]] == ["full", "lora", "lora:top1", "linear", "plain"]
+    assert [row["method"] for row in report["rows"]] == [
+        "full", "lora", "lora:top1", "linear", "lora:recompute=ffn", "plain"
+    ]
     assert report["machine"]["matmul_gflops"] > 0
     full = _rows(report, "full")[0]
     for row in report["rows"][:4]:
         assert row["step_s"] > 0 and row["clips_per_s"] == pytest.approx(2 / row["step_s"])
         assert row["step_s_ratio"] == pytest.approx(row["step_s"] / full["step_s"])
         assert row["saved_bytes_ratio"] == pytest.approx(row["saved_bytes"] / full["saved_bytes"])
+        assert row["tensor_peak_bytes_ratio"] == pytest.approx(row["tensor_peak_bytes"] / full["tensor_peak_bytes"])
         assert row["trainable_ratio"] == pytest.approx(row["trainable"] / full["trainable"])
         assert row["matmul_fraction"] == pytest.approx(
             row["flops_step"] / row["step_s"] / (report["machine"]["matmul_gflops"] * 1e9)
@@ -105,6 +108,12 @@ def test_bench_runs_every_kind_of_row_and_ratios_come_from_its_own_rows(tmp_path
     assert linear["trainable"] < top1["trainable"] < lora["trainable"] < full["trainable"]
     assert linear["flops_step"] < top1["flops_step"] < lora["flops_step"] < full["flops_step"]
     assert linear["saved_bytes"] < top1["saved_bytes"] < lora["saved_bytes"] < full["saved_bytes"]
+    # Tensor peaks: at least the weights; full FT adds gradients and AdamW's two moments.
+    weights = sum(p.numel() for p in AST(TINY, pretrained=False, max_frames=64).parameters()) * 4
+    assert weights < linear["tensor_peak_bytes"] < lora["tensor_peak_bytes"]
+    assert full["tensor_peak_bytes"] > 3 * weights
+    recomputed = _rows(report, "lora:recompute=ffn")[0]
+    assert recomputed["saved_bytes"] < lora["saved_bytes"] and recomputed["trainable"] == lora["trainable"]
     assert lora["merged_ms_per_clip"] > 0 and full["merged_ms_per_clip"] is None
     plain = _rows(report, "plain")[0]
     assert plain.get("step_s") is None
@@ -141,9 +150,18 @@ def test_cuda_options_fail_clearly_without_cuda(monkeypatch, capsys):
     assert "--compile is for --device cuda" in capsys.readouterr().err
 
 
-def test_unknown_method_and_bad_top_are_named():
+def test_method_options_parse_and_label_back():
+    for spec in ("lora", "lora:top3", "conformer:recompute=blocks", "lora:top6:recompute=ffn"):
+        name, options = bench.parse_method(spec)
+        assert bench.method_label(name, options) == spec
+    assert bench.parse_method("lora:recompute=ffn:top2") == ("lora", {"top": 2, "recompute": "ffn"})
+
+
+def test_unknown_method_and_bad_options_are_named():
     with pytest.raises(ValueError, match="top"):
         bench.parse_method("lora:first3")
+    with pytest.raises(ValueError, match=r"recompute=MODE.*\['ffn', 'blocks'\]"):
+        bench.parse_method("lora:recompute=attention")
     args = bench.parse_args(["--methods", "dora", "--frames", "64", "--no-isolate"])
     with pytest.raises(ValueError, match="dora"):
         bench.run(args)

@@ -55,6 +55,9 @@ class AST(Backbone):
         initialised AST (``pretrained=False``) at fixed 2-D sine-cosine
         values instead of Hugging Face's zeros: training from scratch then
         knows where each patch is from the first step.
+    recompute : str, optional
+        None, ``"ffn"`` or ``"blocks"``: activations recomputed in the
+        backward pass instead of kept (see ``Backbone.recompute``).
 
     Example
     -------
@@ -81,8 +84,9 @@ class AST(Backbone):
         feature_mean=AUDIOSET_MEAN,
         feature_std=AUDIOSET_STD,
         init_positions=None,
+        recompute=None,
     ):
-        super().__init__(pooling=pooling)
+        super().__init__(pooling=pooling, recompute=recompute)
         if init_positions not in (None, "sincos"):
             raise ValueError(f"init_positions must be None or 'sincos', got {init_positions!r}")
         if init_positions and pretrained:

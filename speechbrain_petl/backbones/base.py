@@ -35,6 +35,7 @@ import os
 
 from torch import nn
 
+from speechbrain_petl.backbones.blocks import RECOMPUTE_MODES, FeedForward, run_block
 from speechbrain_petl.backbones.fingerprint import TensorHashCache
 from speechbrain_petl.backbones.lifecycle import MethodDict, MethodHost, as_named_methods
 from speechbrain_petl.backbones.trained_state import TrainedState
@@ -65,13 +66,18 @@ class Backbone(MethodHost, TrainedState, nn.Module, abc.ABC):
         distillation tokens, as transformers' ``ASTModel`` pools; what
         ``python -m speechbrain_petl.export --merged`` needs for AST) or None
         (return the whole token sequence).
+    recompute : str, optional
+        Less activation memory for a slower training step (see
+        :attr:`recompute`): None (default), ``"ffn"`` or ``"blocks"``.
     """
 
-    def __init__(self, pooling="mean"):
+    def __init__(self, pooling="mean", recompute=None):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        _check_recompute(recompute)
         self.pooling = pooling
+        self._recompute = recompute
         self.petl = MethodDict()
         self._inactive = set()
         self._hash_cache = TensorHashCache()
@@ -88,8 +94,36 @@ class Backbone(MethodHost, TrainedState, nn.Module, abc.ABC):
             )
         for param in self.parameters():
             param.requires_grad_(False)
+        self.recompute = self._recompute
         for name, method in as_named_methods(petl):
             self.attach(method, name)
+
+    @property
+    def recompute(self):
+        """What a training step recomputes in its backward pass instead of
+        keeping, to save activation memory (outputs and gradients are the
+        same):
+
+        * None: nothing (fastest);
+        * ``"ffn"``: each feed-forward's hidden activations (``fc1`` output
+          and activation, 4x the width in most transformers): autograd keeps
+          the feed-forward input instead, and the backward pass runs ``fc1``
+          again (about a third of a block's forward products);
+        * ``"blocks"``: whole blocks (gradient checkpointing): only each
+          block's input is kept; the backward pass runs every block again.
+
+        Inference (no autograd graph) is unaffected.
+        """
+        return self._recompute
+
+    @recompute.setter
+    def recompute(self, mode):
+        _check_recompute(mode)
+        for index, block in enumerate(self.layers):
+            if not isinstance(getattr(block, "mlp", None), FeedForward):
+                raise TypeError(f"Block {index} of {type(self).__name__} has no FeedForward 'mlp' to recompute.")
+            block.mlp.recompute = mode == "ffn"
+        self._recompute = mode
 
     def _keep_hf_model(self, model):
         # Kept unregistered: its weights are the lobe's own (shared objects),
@@ -187,7 +221,7 @@ class Backbone(MethodHost, TrainedState, nn.Module, abc.ABC):
         ``(batch, time, width)`` and their mask: ``encode`` in parts, so
         that blocks shared by several tasks run once."""
         for block in self.layers[start:stop]:
-            x, mask = block(x, mask)
+            x, mask = run_block(block, x, mask, recompute_block=self._recompute == "blocks")
         return x, mask
 
     def finish(self, x, mask):
@@ -253,6 +287,11 @@ class Backbone(MethodHost, TrainedState, nn.Module, abc.ABC):
     def architecture(self):
         """Shape-defining settings of the backbone (subclasses extend)."""
         return {"hidden_size": self.hidden_size, "num_layers": self.num_layers}
+
+
+def _check_recompute(mode):
+    if mode not in RECOMPUTE_MODES:
+        raise ValueError(f"recompute must be one of {RECOMPUTE_MODES}, got {mode!r}")
 
 
 def _keep_frozen_in_eval(module):

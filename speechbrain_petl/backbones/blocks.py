@@ -27,11 +27,18 @@ Site names (paths inside a block, identical for every backbone):
 
 In a pre-LN block a sub-layer's norm precedes it; in a post-LN block it
 follows the residual addition. Either way it is the norm "of" that sub-layer.
+
+Recomputation (``Backbone.recompute``, see :data:`RECOMPUTE_MODES`) trades
+a training step's time for the activations autograd keeps: ``"ffn"`` keeps
+the feed-forward input instead of its hidden activations (``fc1`` and the
+activation run again in the backward pass), ``"blocks"`` keeps each block's
+input only (the block runs again). Outputs and gradients are unchanged.
 """
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from speechbrain_petl.sites import (
     KeyValueSite,
@@ -111,6 +118,10 @@ class SelfAttention(nn.Module):
 class FeedForward(nn.Module):
     """Position-wise feed-forward network ``fc2(act(fc1(x)))``.
 
+    With ``recompute`` set, a pass that builds a graph keeps only ``x`` for
+    the hidden part ``act(fc1(x))`` (4x wider than ``x`` in most
+    transformers) and recomputes it in the backward pass.
+
     Example
     -------
     >>> ffn = FeedForward(torch.nn.Linear(8, 32), torch.nn.Linear(32, 8), torch.nn.GELU())
@@ -124,10 +135,19 @@ class FeedForward(nn.Module):
         self.activation = activation
         self.dropout = nn.Dropout(dropout)
         self.fc2 = LinearSite(fc2)
+        self.recompute = False
+
+    def hidden(self, x):
+        """``act(fc1(x))``: (batch, time, width) -> (batch, time, hidden)."""
+        return self.activation(self.fc1(x))
 
     def forward(self, x, mask=None):
         """``x``: (batch, time, width); ``mask``: (batch, time) bool or None."""
-        return self.fc2(self.dropout(self.activation(self.fc1(x))))
+        if self.recompute and torch.is_grad_enabled():
+            hidden = checkpoint(self.hidden, x, use_reentrant=False)
+        else:
+            hidden = self.hidden(x)
+        return self.fc2(self.dropout(hidden))
 
 
 class _Block(nn.Module):
@@ -173,7 +193,33 @@ class PostNormBlock(_Block):
         return x, mask
 
 
+#: ``Backbone.recompute`` values: what a training step recomputes in the
+#: backward pass instead of keeping (None: nothing).
+RECOMPUTE_MODES = (None, "ffn", "blocks")
+
+
+def run_block(block, x, mask, recompute_block=False):
+    """``block(x, mask)``; with ``recompute_block`` (and autograd recording)
+    only ``x`` and ``mask`` are kept for the backward pass, which runs the
+    block again.
+
+    Example
+    -------
+    >>> lin = lambda i, o: torch.nn.Linear(i, o)
+    >>> block = PreNormBlock(SelfAttention(lin(8, 8), lin(8, 8), lin(8, 8), lin(8, 8), num_heads=2),
+    ...     FeedForward(lin(8, 16), lin(16, 8), torch.nn.GELU()), torch.nn.LayerNorm(8), torch.nn.LayerNorm(8))
+    >>> x = torch.randn(2, 5, 8, requires_grad=True)
+    >>> torch.allclose(run_block(block, x, None, True)[0], block(x)[0])
+    True
+    """
+    if recompute_block and torch.is_grad_enabled():
+        return checkpoint(block, x, mask, use_reentrant=False)
+    return block(x, mask)
+
+
 __all__ = [
+    "RECOMPUTE_MODES",
+    "run_block",
     "SelfAttention",
     "FeedForward",
     "PreNormBlock",

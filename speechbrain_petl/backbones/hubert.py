@@ -30,6 +30,9 @@ class HuBERT(WaveformEncoder):
         Per-utterance zero mean, unit variance. Off by default:
         ``hubert-base-ls960`` was pre-trained on raw waveforms (fairseq's
         ``normalize: false``); the large checkpoints want it on.
+    recompute : str, optional
+        None, ``"ffn"`` or ``"blocks"``: activations recomputed in the
+        backward pass instead of kept (see ``Backbone.recompute``).
 
     Example
     -------
@@ -46,5 +49,6 @@ class HuBERT(WaveformEncoder):
     model_class = HubertModel
     config_class = HubertConfig
 
-    def __init__(self, source=DEFAULT_HUBERT, pretrained=True, pooling="mean", petl=None, normalize_waveform=False):
-        super().__init__(source, pretrained, pooling, petl, normalize_waveform)
+    def __init__(self, source=DEFAULT_HUBERT, pretrained=True, pooling="mean", petl=None, normalize_waveform=False,
+                 recompute=None):
+        super().__init__(source, pretrained, pooling, petl, normalize_waveform, recompute)

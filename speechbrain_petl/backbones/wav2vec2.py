@@ -35,6 +35,9 @@ class Wav2Vec2(WaveformEncoder):
     normalize_waveform : bool
         Zero-mean, unit-variance per utterance over its real samples, as
         Wav2Vec2FeatureExtractor does for the base-960h checkpoint.
+    recompute : str, optional
+        None, ``"ffn"`` or ``"blocks"``: activations recomputed in the
+        backward pass instead of kept (see ``Backbone.recompute``).
 
     Example
     -------
@@ -58,8 +61,9 @@ class Wav2Vec2(WaveformEncoder):
         pooling="mean",
         petl=None,
         normalize_waveform=True,
+        recompute=None,
     ):
-        super().__init__(source, pretrained, pooling, petl, normalize_waveform)
+        super().__init__(source, pretrained, pooling, petl, normalize_waveform, recompute)
 
 
 __all__ = ["Wav2Vec2", "DEFAULT_WAV2VEC2", "check_same_shape", "normalize"]

@@ -46,14 +46,18 @@ class WaveformEncoder(Backbone):
         Zero-mean, unit-variance per utterance over its real samples (what
         the checkpoint's ``Wav2Vec2FeatureExtractor`` does when its
         ``do_normalize`` is true).
+    recompute : str, optional
+        None, ``"ffn"`` or ``"blocks"``: activations recomputed in the
+        backward pass instead of kept (see ``Backbone.recompute``).
     """
 
     model_class = None
     config_class = None
     always_frozen = ("feature_encoder",)
 
-    def __init__(self, source, pretrained=True, pooling="mean", petl=None, normalize_waveform=True):
-        super().__init__(pooling=pooling)
+    def __init__(self, source, pretrained=True, pooling="mean", petl=None, normalize_waveform=True,
+                 recompute=None):
+        super().__init__(pooling=pooling, recompute=recompute)
         model = load_model(self.model_class, self.config_class, source, pretrained)
         config = model.config
         self.source = describe_source(source)

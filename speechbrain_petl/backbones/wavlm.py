@@ -46,6 +46,9 @@ class WavLM(WaveformEncoder):
     normalize_waveform : bool
         Per-utterance zero mean, unit variance. Off by default, as
         ``wavlm-base-plus``'s feature extractor (``do_normalize: false``).
+    recompute : str, optional
+        None, ``"ffn"`` or ``"blocks"``: activations recomputed in the
+        backward pass instead of kept (see ``Backbone.recompute``).
 
     Example
     -------
@@ -62,8 +65,9 @@ class WavLM(WaveformEncoder):
     model_class = WavLMModel
     config_class = WavLMConfig
 
-    def __init__(self, source=DEFAULT_WAVLM, pretrained=True, pooling="mean", petl=None, normalize_waveform=False):
-        super().__init__(source, pretrained, pooling, petl, normalize_waveform)
+    def __init__(self, source=DEFAULT_WAVLM, pretrained=True, pooling="mean", petl=None, normalize_waveform=False,
+                 recompute=None):
+        super().__init__(source, pretrained, pooling, petl, normalize_waveform, recompute)
 
     def _attention_bias(self, index, hf_layer):
         """Block ``index``'s gate over the shared relative-position bias."""

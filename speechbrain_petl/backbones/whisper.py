@@ -53,6 +53,9 @@ class WhisperEncoder(Backbone):
         PETL methods to attach.
     crop_positions : bool
         See above.
+    recompute : str, optional
+        None, ``"ffn"`` or ``"blocks"``: activations recomputed in the
+        backward pass instead of kept (see ``Backbone.recompute``).
 
     Example
     -------
@@ -69,8 +72,9 @@ class WhisperEncoder(Backbone):
     #: Whisper's sinusoidal positions are fixed, never trained (not even by FullFineTuning).
     always_frozen = ("pos_embed",)
 
-    def __init__(self, source=DEFAULT_WHISPER, pretrained=True, pooling="mean", petl=None, crop_positions=True):
-        super().__init__(pooling=pooling)
+    def __init__(self, source=DEFAULT_WHISPER, pretrained=True, pooling="mean", petl=None, crop_positions=True,
+                 recompute=None):
+        super().__init__(pooling=pooling, recompute=recompute)
         model = load_model(WhisperModel, WhisperConfig, source, pretrained)
         config = model.config
         encoder = model.encoder

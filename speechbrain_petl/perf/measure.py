@@ -72,6 +72,65 @@ def peak_rss_bytes():
     return peak if sys.platform == "darwin" else peak * 1024  # kB on Linux
 
 
+def tensor_bytes(tensors):
+    """Bytes of the distinct storages behind ``tensors`` (views counted once).
+
+    Example
+    -------
+    >>> x = torch.zeros(10)
+    >>> tensor_bytes([x, x[:5], torch.zeros(2, dtype=torch.float64)])
+    56
+    """
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return sum(storages.values())
+
+
+class TensorPeak:
+    """The peak of CPU tensor memory allocated while active, above what was
+    allocated when it started: the CPU counterpart of CUDA's
+    ``max_memory_allocated`` (process RSS also counts the libraries' code
+    and data, and memory the C allocator keeps after tensors are freed).
+
+    It follows PyTorch's CPU allocator through the profiler's memory events
+    (``profile_memory``). Memory freed inside the block but allocated before
+    it is not seen, so free nothing older than the block inside it (e.g.
+    zero the gradients before) or the peak is overstated.
+
+    Example
+    -------
+    >>> with TensorPeak() as peak:
+    ...     a = torch.zeros(1000)            # 4,000 B
+    ...     b = torch.zeros(500); del a, b   # 6,000 B at once, then nothing
+    ...     c = torch.zeros(100)
+    >>> peak.bytes
+    6000
+    """
+
+    def __init__(self):
+        self.bytes = None
+        self._profile = None
+
+    def __enter__(self):
+        from torch.profiler import ProfilerActivity, profile
+
+        self._profile = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        self._profile.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._profile.__exit__(*exc)
+        events = [
+            event for event in self._profile.profiler.kineto_results.events()
+            if event.name() == "[memory]" and event.device_type() == torch.autograd.DeviceType.CPU
+        ]
+        total = peak = 0
+        for event in sorted(events, key=lambda event: event.start_ns()):
+            total += event.nbytes()
+            peak = max(peak, total)
+        self.bytes = peak
+        return False
+
+
 class SavedTensors:
     """Counts the bytes autograd keeps for the backward pass while active.
 
@@ -167,4 +226,7 @@ class ModuleTimer:
         return False
 
 
-__all__ = ["ModuleTimer", "SavedTensors", "matmul_rate", "median", "peak_rss_bytes", "synchronize", "timed"]
+__all__ = [
+    "ModuleTimer", "SavedTensors", "TensorPeak", "matmul_rate", "median", "peak_rss_bytes",
+    "synchronize", "tensor_bytes", "timed",
+]
