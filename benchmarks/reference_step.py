@@ -264,7 +264,7 @@ def measure_ours(args, yaml_path, method):
         threads=args.threads, device="cpu", dtype="fp32", compile=False, backbone_source=None,
         seed=args.seed, cache_batches=1,
     )
-    row = bench.measure_isolated(bench.worker_spec(options, yaml_path, method, None, args.frames))
+    row = bench.measure_isolated(bench.worker_spec(options, yaml_path, method, {"top": None, "recompute": None}, args.frames))
     features = row.get("features_s") or 0.0
     return {
         "step_s": row["step_s"], "step_times": row["step_times"], "features_s": features,
