@@ -8,7 +8,7 @@ interface. Every training stage is a run of this folder's ``train.py`` (the
 ESC-50 preparation script, the package's recipe API, Brain, checkpoints and
 logs, as every recipe) on the synthetic data, configured by ``hparams/``.
 
-To run (about 4 minutes on 2 CPU cores):
+To run (about 3 minutes on 2 CPU cores):
 
     python quickstart.py hparams/quickstart.yaml
 
