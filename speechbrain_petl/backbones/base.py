@@ -118,6 +118,7 @@ class Backbone(MethodHost, TrainedState, nn.Module, abc.ABC):
 
     @recompute.setter
     def recompute(self, mode):
+        """Sets the mode on every block (a ValueError names the valid modes)."""
         _check_recompute(mode)
         for index, block in enumerate(self.layers):
             if not isinstance(getattr(block, "mlp", None), FeedForward):
