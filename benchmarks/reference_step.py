@@ -588,14 +588,9 @@ def main(argv=None):
     if args.worker is not None:
         print(json.dumps(measure_reference(json.loads(args.worker))))
         return None
-    report = run(args)
-    text = markdown(report)
-    print(text)
-    if args.markdown:
-        pathlib.Path(args.markdown).write_text(text)
-    if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(report, indent=1))
-    return report
+    from speechbrain_petl import bench
+
+    return bench.publish(run(args), markdown, args.markdown, args.json)
 
 
 if __name__ == "__main__":

@@ -661,6 +661,18 @@ def run(args):
     return report
 
 
+def publish(report, to_markdown, markdown_path=None, json_path=None):
+    """Prints ``to_markdown(report)``, writes it to ``markdown_path`` and the
+    report to ``json_path`` (each when given); returns the report."""
+    text = to_markdown(report)
+    print(text)
+    if markdown_path:
+        pathlib.Path(markdown_path).write_text(text)
+    if json_path:
+        pathlib.Path(json_path).write_text(json.dumps(report, indent=1))
+    return report
+
+
 def main(argv=None):
     """Entry point of ``python -m speechbrain_petl.bench``."""
     args = parse_args(argv)
@@ -668,14 +680,7 @@ def main(argv=None):
         spec = json.loads(args.worker)
         print(json.dumps(measure_cache(spec) if spec.get("cache") else measure(spec)))
         return None
-    report = run(args)
-    text = markdown(report)
-    print(text)
-    if args.markdown:
-        pathlib.Path(args.markdown).write_text(text)
-    if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(report, indent=1))
-    return report
+    return publish(run(args), markdown, args.markdown, args.json)
 
 
 if __name__ == "__main__":
