@@ -25,5 +25,8 @@ def run_rank(rank, port, batches, out_folder):
         state = {"out": out.detach(), "x_grad": x.grad}
         state.update({k: v for k, v in norm.state_dict().items()})
         torch.save(state, os.path.join(out_folder, f"rank{rank}.pt"))
+        # Both ranks leave the group together: a rank tearing gloo down while
+        # the other still talks to it was seen to abort (SIGABRT) in CI.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
