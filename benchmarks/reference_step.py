@@ -264,7 +264,7 @@ def measure_ours(args, yaml_path, method):
         threads=args.threads, device="cpu", dtype="fp32", compile=False, backbone_source=None,
         seed=args.seed, cache_batches=1,
     )
-    row = bench.measure_isolated(bench.worker_spec(options, yaml_path, method, {"top": None, "recompute": None}, args.frames))
+    row = bench.measure_isolated(bench.worker_spec(options, yaml_path, method, bench.NO_OPTIONS, args.frames))
     features = row.get("features_s") or 0.0
     return {
         "step_s": row["step_s"], "step_times": row["step_times"], "features_s": features,
@@ -361,19 +361,12 @@ def measure_reference(spec):
 
 def run_reference(args, spec):
     """Runs :func:`measure_reference` in a fresh ``--reference-python`` process."""
-    done = subprocess.run(
+    from speechbrain_petl import bench
+
+    return bench.run_worker(
         [args.reference_python, str(pathlib.Path(__file__).resolve()), "--worker", json.dumps(spec)],
-        capture_output=True, text=True,
+        f"the reference's {spec['method']!r} ({args.reference_python})",
     )
-    if done.returncode != 0:
-        raise RuntimeError(
-            f"The reference's {spec['method']!r} ({args.reference_python}) failed "
-            f"(exit {done.returncode}):\n{done.stderr[-3000:]}"
-        )
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if not lines:
-        raise RuntimeError(f"The reference worker of {spec['method']!r} printed no JSON row:\n{done.stdout[-2000:]}")
-    return json.loads(lines[-1])
 
 
 # ------------------------------------------------------------------ report

@@ -94,6 +94,8 @@ PAPER_METHODS = [
     "bottleneck", "bottleneck_houlsby", "conformer", "conformer_houlsby",
 ]
 PLAIN = "plain"
+#: A method's options when none are given (see :func:`parse_method`).
+NO_OPTIONS = {"top": None, "recompute": None}
 PLACEHOLDER = re.compile(r"^([A-Za-z_]\w*):\s*!PLACEHOLDER", re.MULTILINE)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 MB = 1e6
@@ -135,7 +137,7 @@ def parse_method(spec):
     (('conformer', {'top': 6, 'recompute': None}), ('full', {'top': None, 'recompute': 'blocks'}))
     """
     name, *options = spec.split(":")
-    parsed = {"top": None, "recompute": None}
+    parsed = dict(NO_OPTIONS)
     for option in options:
         top = re.fullmatch(r"top(\d+)", option)
         recompute = re.fullmatch(r"recompute=(\w+)", option)
@@ -429,22 +431,25 @@ def worker_spec(args, yaml, method, options, frames):
     }
 
 
+def run_worker(command, what):
+    """Runs ``command`` (a worker process that prints its row as its last
+    JSON line) and returns that row; errors name ``what`` it measured."""
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"The benchmark of {what} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"The worker of {what} printed no JSON row:\n{done.stdout[-2000:]}")
+    return json.loads(lines[-1])
+
+
 def measure_isolated(spec):
     """Runs :func:`measure` in a fresh Python process (its peak memory is
     then this method's alone) and returns its row."""
-    done = subprocess.run(
+    return run_worker(
         [sys.executable, "-m", "speechbrain_petl.bench", "--worker", json.dumps(spec)],
-        capture_output=True, text=True,
+        f"{spec['method']!r} at {spec['frames']} frames",
     )
-    if done.returncode != 0:
-        raise RuntimeError(
-            f"The benchmark of {spec['method']!r} at {spec['frames']} frames failed "
-            f"(exit {done.returncode}):\n{done.stderr[-3000:]}"
-        )
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if not lines:
-        raise RuntimeError(f"The worker of {spec['method']!r} printed no JSON row:\n{done.stdout[-2000:]}")
-    return json.loads(lines[-1])
 
 
 # ---------------------------------------------------------------------- report
@@ -636,7 +641,7 @@ def run(args):
     }
     jobs = [(yamls[name], name, options) for name, options in methods]
     if args.plain:
-        jobs.append((plain_yaml, PLAIN, {"top": None, "recompute": None}))
+        jobs.append((plain_yaml, PLAIN, NO_OPTIONS))
     for frames in args.frames:
         for yaml, name, options in jobs:
             spec = worker_spec(args, yaml, name, options, frames)
@@ -653,8 +658,7 @@ def run(args):
             raise ValueError(f"--embedding-cache needs a linear probing yaml in {args.hparams_dir}")
         report["embedding_cache"] = []
         for frames in args.frames:
-            no_options = {"top": None, "recompute": None}
-            spec = {**worker_spec(args, yamls["linear"], "linear", no_options, frames), "cache": True}
+            spec = {**worker_spec(args, yamls["linear"], "linear", NO_OPTIONS, frames), "cache": True}
             row = measure_isolated(spec) if args.isolate else measure_cache(spec)
             print(f"[bench] embedding cache @ {frames} frames: {row['speedup']:.1f}x", file=sys.stderr, flush=True)
             report["embedding_cache"].append(row)
