@@ -29,9 +29,10 @@ import torch
 from transformers import ASTConfig, ASTForAudioClassification, ASTModel
 
 from speechbrain_petl.backbones import AST
-from speechbrain_petl.export_hf import write_merged_model
+from speechbrain_petl.export.merged import write_merged_model
 from speechbrain_petl.inference import label_encoder
 from speechbrain_petl.methods import LoRA
+from speechbrain_petl.perf.measure import provenance, provenance_line
 
 
 def main(argv):
@@ -41,7 +42,9 @@ def main(argv):
     parser.add_argument("--frames", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--classes", type=int, default=35)
+    parser.add_argument("--markdown", help="also write the result (with where, when and how it was measured) here")
     args = parser.parse_args(argv)
+    facts = provenance("python benchmarks/merged_inference.py", argv)
     torch.set_grad_enabled(False)
     with tempfile.TemporaryDirectory() as tmp:
         root = pathlib.Path(tmp)
@@ -66,12 +69,20 @@ def main(argv):
             model(inputs)
             times[name].append(time.perf_counter() - start)
     medians = {name: statistics.median(values) for name, values in times.items()}
-    print(
-        f"ASTForAudioClassification, AST-base, batch {args.batch_size}, {args.frames} frames, "
-        f"{torch.get_num_threads()} threads, median of {args.repeats}: merged LoRA export "
-        f"{medians['merged'] * 1000:.1f} ms, plain model {medians['plain'] * 1000:.1f} ms, "
-        f"ratio {medians['merged'] / medians['plain']:.3f}"
-    )
+    text = "\n".join([
+        provenance_line(facts),
+        "",
+        "| model | batch | frames | median of | ms per batch | ratio to plain |",
+        "|---|---|---|---|---|---|",
+        f"| merged LoRA export | {args.batch_size} | {args.frames} | {args.repeats} | "
+        f"{medians['merged'] * 1000:.1f} | {medians['merged'] / medians['plain']:.3f} |",
+        f"| plain ASTForAudioClassification | {args.batch_size} | {args.frames} | {args.repeats} | "
+        f"{medians['plain'] * 1000:.1f} | 1.000 |",
+        "",
+    ])
+    print(text)
+    if args.markdown:
+        pathlib.Path(args.markdown).write_text(text)
     return medians
 
 

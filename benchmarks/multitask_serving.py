@@ -33,9 +33,10 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 from transformers import ASTConfig, ASTModel
 
-from speechbrain_petl.export import write_inference_folder
+from speechbrain_petl.inference import write_inference_folder
 from speechbrain_petl.inference import AudioClassifier, label_encoder
-from speechbrain_petl.multitask import MultiTaskClassifier, resident_bytes
+from speechbrain_petl.perf.measure import provenance, provenance_line
+from speechbrain_petl.inference.multitask import MultiTaskClassifier, resident_bytes
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 HPARAMS = REPO / "recipes" / "Google-speech-commands" / "PETL" / "hparams"
@@ -133,7 +134,9 @@ def main(argv):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=1.0, help="clip length (Speech Commands: 1 s)")
     parser.add_argument("--json", help="also write the rows here")
+    parser.add_argument("--markdown", help="also write the table (with where, when and how it was measured) here")
     args = parser.parse_args(argv)
+    facts = provenance("python benchmarks/multitask_serving.py", argv)
     counts = [int(n) for n in args.tasks.split(",")]
     if not counts or max(counts) > len(YAMLS) or min(counts) < 1:
         parser.error(f"--tasks takes numbers from 1 to {len(YAMLS)}")
@@ -146,11 +149,19 @@ def main(argv):
             measure(folders, YAMLS[:n], args.clips_per_task, args.repeats, int(16000 * args.seconds), root / "single")
             for n in counts
         ]
-    print(f"AST-base (random weights), {args.seconds:g} s clips, {args.clips_per_task} clips per task, "
-          f"{torch.get_num_threads()} threads; tasks added in the order {', '.join(YAMLS[: max(counts)])}")
-    print(markdown(rows))
+    text = "\n".join([
+        provenance_line(facts),
+        f"AST-base (random weights), {args.seconds:g} s clips, {args.clips_per_task} clips per task, "
+        f"median of {args.repeats}; tasks added in the order {', '.join(YAMLS[: max(counts)])}.",
+        "",
+        markdown(rows),
+        "",
+    ])
+    print(text)
+    if args.markdown:
+        pathlib.Path(args.markdown).write_text(text)
     if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(rows, indent=2))
+        pathlib.Path(args.json).write_text(json.dumps({"provenance": facts, "rows": rows}, indent=2))
     return rows
 
 

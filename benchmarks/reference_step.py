@@ -30,8 +30,8 @@ comes first on its ``sys.path``, so its transformers wins).
 
 How each side is built
 ----------------------
-* Ours: exactly ``python -m speechbrain_petl.bench``'s worker
-  (:func:`speechbrain_petl.bench.measure_isolated`) on the recipe yaml of
+* Ours: exactly ``python -m speechbrain_petl.perf.bench``'s worker
+  (:func:`speechbrain_petl.perf.bench.measure_isolated`) on the recipe yaml of
   the method (default: Google Speech Commands, ``--hparams-dir``), with
   ``pretrained: False`` (AST-base, random weights) and ``max_frames =
   --frames``.
@@ -51,7 +51,7 @@ How each side is built
 How both are timed
 ------------------
 Same random batch (``--batch-size`` clips of ``--frames`` fbank frames,
-35 classes, :func:`speechbrain_petl.bench.make_batch`), fp32,
+35 classes, :func:`speechbrain_petl.perf.bench.make_batch`), fp32,
 ``--threads`` torch threads, AdamW with the yaml's settings over the
 trainable parameters. A step is ``zero_grad``, forward, cross-entropy,
 backward and ``optimizer.step()``; both sides run one untimed forward and
@@ -229,7 +229,7 @@ def recipe_settings(yaml_path, frames, batch, seed, features_path, backbone_sour
     classes, the backbone's width, the optimizer's keywords; writes our
     fbank of the benchmark batch (``make_batch``) to ``features_path``.
     ``backbone_source`` replaces the yaml's (a configuration folder)."""
-    from speechbrain_petl import bench
+    from speechbrain_petl.perf import bench
 
     overrides = {"pretrained": False, "max_frames": frames, "batch_size": batch}
     if backbone_source is not None:
@@ -256,8 +256,8 @@ def recipe_settings(yaml_path, frames, batch, seed, features_path, backbone_sour
 
 
 def measure_ours(args, yaml_path, method):
-    """Our step, in a fresh process (``speechbrain_petl.bench``'s worker)."""
-    from speechbrain_petl import bench
+    """Our step, in a fresh process (``speechbrain_petl.perf.bench``'s worker)."""
+    from speechbrain_petl.perf import bench
 
     options = argparse.Namespace(
         batch_size=args.batch_size, steps=args.steps, warmup=args.warmup, inference_repeats=1,
@@ -361,7 +361,7 @@ def measure_reference(spec):
 
 def run_reference(args, spec):
     """Runs :func:`measure_reference` in a fresh ``--reference-python`` process."""
-    from speechbrain_petl import bench
+    from speechbrain_petl.perf import bench
 
     return bench.run_worker(
         [args.reference_python, str(pathlib.Path(__file__).resolve()), "--worker", json.dumps(spec)],
@@ -527,7 +527,7 @@ def run(args):
     ``reference``, ``sittings``, ``rows``)."""
     import transformers
 
-    from speechbrain_petl import bench
+    from speechbrain_petl.perf import bench
 
     torch.set_num_threads(args.threads)
     yamls = bench.recipe_yamls(args.hparams_dir)
@@ -581,7 +581,7 @@ def main(argv=None):
     if args.worker is not None:
         print(json.dumps(measure_reference(json.loads(args.worker))))
         return None
-    from speechbrain_petl import bench
+    from speechbrain_petl.perf import bench
 
     return bench.publish(run(args), markdown, args.markdown, args.json)
 

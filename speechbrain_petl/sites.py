@@ -103,6 +103,11 @@ class Site(nn.Module):
         """Names of the attached hooks, in the order they run."""
         return list(self._hooks)
 
+    def folded_owners(self):
+        """Owners whose values are folded into the wrapped weights (none
+        here: only sites around a frozen module fold)."""
+        return set()
+
     def skip(self, names):
         """Ignores the hooks (and overrides) of the owners in ``names`` from
         now on; ``skip(())`` runs everything again."""

@@ -22,7 +22,7 @@ import sys
 import torch
 
 from recipe_utils import load_recipe_module
-from speechbrain_petl.brain import ClassificationBrain
+from speechbrain_petl.training.brain import ClassificationBrain
 
 _where = {"epoch": None, "step": None}
 

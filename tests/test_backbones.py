@@ -17,7 +17,7 @@ from speechbrain_petl.backbones import AST, HuBERT, Wav2Vec2, WavLM, WhisperEnco
 from speechbrain_petl.backbones.ast import adapt_position_embeddings
 from speechbrain_petl.backbones.loading import load_config
 from speechbrain_petl.backbones.wavlm import GatedPositionBias
-from speechbrain_petl.features import Fbank
+from speechbrain_petl.backbones.features import Fbank
 from speechbrain_petl.methods import FullFineTuning, PrefixTuning, PromptTuning
 from tiny import save_tiny, save_tiny_ast, tiny_ast_config
 

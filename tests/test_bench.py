@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from speechbrain_petl import bench
+from speechbrain_petl.perf import bench
 from speechbrain_petl.backbones import AST
 from speechbrain_petl.methods import Adapters, BottleneckAdapter, ConformerAdapter, FullFineTuning, LinearProbing, LoRA, PromptTuning
 from speechbrain_petl.perf.flops import count_step_flops

@@ -5,7 +5,7 @@ import logging
 import pytest
 import torch
 
-from speechbrain_petl.checkpoints import FILES_RECORD, PENDING, CheckpointError, Checkpointer
+from speechbrain_petl.training.checkpoints import FILES_RECORD, PENDING, CheckpointError, Checkpointer
 
 
 class Exploding(torch.nn.Module):

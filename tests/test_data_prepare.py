@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 
 from mini_datasets import corrupt_clip
-from speechbrain_petl.data import prepare as P
+import speechbrain_petl.data as P
 
 
 def _clips(folder, n, rate=16000):
@@ -272,7 +272,7 @@ def test_write_manifest_failure_leaves_old_file_and_no_temporary(
     def fail(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(P.os, "replace", fail)
+    monkeypatch.setattr(os, "replace", fail)
     with pytest.raises(OSError, match="disk full"):
         P.write_manifest(path, [{"ID": "new"}], ["ID"])
     assert path.read_text() == "ID\nold\n"

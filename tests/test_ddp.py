@@ -1,5 +1,5 @@
 """A recipe under torchrun: 2 CPU processes with the gloo backend, chosen
-automatically on a machine without CUDA (the README's command as is)."""
+automatically on a machine without CUDA (docs/distributed.md's command as is)."""
 
 import os
 import shutil
@@ -26,10 +26,10 @@ def test_two_process_gloo_run(tmp_path, tiny_ast_dir):
     out, probe = tmp_path / "out", tmp_path / "probe"
     probe.mkdir()
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
-    # The README's CPU command as written (train.py run through the probe,
+    # docs/distributed.md's CPU command as written (train.py run through the probe,
     # which calls the same main and saves each rank's tensors), plus the
     # test's data, backbone and output folders.
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "distributed.md").read_text()
     line = next(line for line in readme.splitlines() if line.startswith("torchrun --nproc_per_node=2 train.py"))
     _, nproc, script, yaml, data_arg = line.split()
     assert (script, data_arg) == ("train.py", "--data_folder=$GSC")

@@ -7,7 +7,7 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 
 from speechbrain_petl.backbones import AST, Wav2Vec2
-from speechbrain_petl.embedding_cache import EmbeddingCache, enable_if
+from speechbrain_petl.training.embedding_cache import EmbeddingCache, enable_if
 from speechbrain_petl.methods import LinearProbing, LoRA
 from method_zoo import perturb_petl_
 
@@ -116,7 +116,7 @@ backbone: !new:speechbrain_petl.backbones.AST
     pretrained: False
     max_frames: 64
     petl: !new:speechbrain_petl.methods.LinearProbing
-__embedding_cache: !apply:speechbrain_petl.embedding_cache.enable_if
+__embedding_cache: !apply:speechbrain_petl.training.embedding_cache.enable_if
     enabled: !ref <embedding_cache>
     backbone: !ref <backbone>
     augmentation: !ref <augmentation>

@@ -15,7 +15,7 @@ from speechbrain.nnet.linear import Linear
 
 from method_zoo import ALL_METHODS, perturb_petl_
 from speechbrain_petl.backbones import AST, HuBERT, Wav2Vec2, WavLM, WhisperEncoder
-from speechbrain_petl.export import write_inference_folder
+from speechbrain_petl.inference import write_inference_folder
 from speechbrain_petl.inference import AudioClassifier, label_encoder
 from speechbrain_petl.methods import Adapters, ConformerAdapter, LoRA
 from tiny import save_tiny_ast

@@ -11,7 +11,7 @@ from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.utils.checkpoints import Checkpointer
 
 from speechbrain_petl.backbones import AST, Wav2Vec2
-from speechbrain_petl.brain import ClassificationBrain
+from speechbrain_petl.training.brain import ClassificationBrain
 from speechbrain_petl.methods import (
     Adapters,
     BitFit,

@@ -1,4 +1,4 @@
-"""One backbone serving many tasks (``speechbrain_petl.multitask``): each
+"""One backbone serving many tasks (``speechbrain_petl.inference.multitask``): each
 sample of a mixed batch gets exactly what its task's own model gives, the
 shared computation runs once, frozen weights are resident once, and bad
 requests are refused with clear errors."""
@@ -10,10 +10,10 @@ import torch
 
 from method_zoo import ALL_METHODS, conformer, perturb_petl_
 from speechbrain_petl.backbones import AST, Wav2Vec2
-from speechbrain_petl.export import write_inference_folder
+from speechbrain_petl.inference import write_inference_folder
 from speechbrain_petl.inference import AudioClassifier, MultiTaskClassifier, label_encoder
 from speechbrain_petl.methods import LoRA, PromptTuning
-from speechbrain_petl.multitask import resident_bytes
+from speechbrain_petl.inference.multitask import resident_bytes
 from tiny import save_tiny_ast
 
 #: AST tasks: every method but full fine-tuning, two restricted to the top

@@ -1,4 +1,4 @@
-"""`python -m speechbrain_petl.params` on every recipe yaml, with the paper's
+"""`python -m speechbrain_petl.studies.params` on every recipe yaml, with the paper's
 exact budgets for AST-base."""
 
 import json
@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from recipe_table import PARAMS, TRAIN_ROWS, backbone_kind, row_id
-from speechbrain_petl.params import load_modules, report
+from speechbrain_petl.studies.params import load_modules, report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -63,7 +63,7 @@ def test_linear_probing_budget_from_the_command_line(hparams, n_classes, expecte
         [
             sys.executable,
             "-m",
-            "speechbrain_petl.params",
+            "speechbrain_petl.studies.params",
             os.path.join(ROOT, "recipes", hparams),
             "--pretrained=False",
             f"--n_classes={n_classes}",
@@ -89,8 +89,8 @@ def test_yaml_without_modules_is_a_clear_error(tmp_path):
 
 
 def test_readme_method_by_backbone_table_is_what_each_lobe_trains():
-    """The top README's method x backbone table: every method on every lobe
-    (built on the meta device from the shipped configs), no empty cell."""
+    """docs/architecture.md's method x backbone table: every method on every
+    lobe (built on the meta device from the shipped configs), no empty cell."""
     import functools
     import re
 
@@ -131,7 +131,7 @@ def test_readme_method_by_backbone_table_is_what_each_lobe_trains():
         lambda: WavLM(pretrained=False),
         lambda: WhisperEncoder(pretrained=False),
     ]
-    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    readme = open(os.path.join(ROOT, "docs", "architecture.md"), encoding="utf-8").read()
     table = {}
     for name in methods:
         (line,) = [line for line in readme.splitlines() if line.startswith(f"| {name} | ") and line.count("|") == 7]

@@ -9,7 +9,7 @@ import pytest
 
 from recipe_utils import REPO, load_recipe_module
 from speechbrain_petl.inference import AudioClassifier
-from speechbrain_petl.results import training_curves
+from speechbrain_petl.studies.results import training_curves
 
 SMALL = [
     "--source_clips_per_class=10",
@@ -66,7 +66,11 @@ def test_pretraining_loss_fell(finished):
 def test_table_accuracies_are_recomputed_from_saved_predictions(finished):
     _, rows, out = finished
     table = (out / "results.md").read_text()
-    assert json.loads((out / "results.json").read_text()) == rows
+    results = json.loads((out / "results.json").read_text())
+    assert results["rows"] == rows
+    assert results["settings"]["target_epochs"] == 1 and results["command"].startswith("python quickstart.py")
+    assert set(results["environment"]) >= {"cpu", "torch", "transformers", "speechbrain"}
+    assert results["new_clip"]["predicted"] in {"ai", "ia", "au", "ua", "iu", "ui", "aiu", "uia", "iua", "aui"}
     for row in rows:
         with open(out / "target" / row["folder"].split("/")[-1] / "test_predictions.csv", newline="") as fin:
             predictions = list(csv.DictReader(fin))

@@ -48,7 +48,7 @@ from recipe_table import (
 from recipe_utils import REPO, load_recipe_module
 from speechbrain_petl.inference import AudioClassifier
 from speechbrain_petl.methods import FullFineTuning
-from speechbrain_petl.paper import BEYOND_THE_PAPER, SUFFIXES, paper_accuracy
+from speechbrain_petl.studies.paper import BEYOND_THE_PAPER, SUFFIXES, paper_accuracy
 from speechbrain.utils.run_opts import RunOptions
 
 #: SpeechBrain's run options (``--device`` and so on): the yaml check leaves them out.
@@ -473,13 +473,14 @@ def test_a_clip_damaged_after_preparation_is_named_and_rechecked(tmp_path, tiny_
     assert broken not in (out / "save" / "train.csv").read_text()
 
 
-def test_readme_documents_resuming_cpu_torchrun_and_prediction_columns():
-    readme = (REPO / "README.md").read_text()
+def test_docs_document_resuming_cpu_torchrun_and_prediction_columns():
+    readme = (REPO / "docs" / "architecture.md").read_text()
     resuming = readme[readme.index("* **Resuming**"):]
     resuming = resuming[: resuming.index("\n* ")]
     assert "--ckpt_interval_minutes=N" in resuming and "--ckpt_interval_steps=N" in resuming
     assert "whole minutes" in resuming
-    cpu = readme[readme.index("torchrun --nproc_per_node=8 train.py"):]
+    distributed = (REPO / "docs" / "distributed.md").read_text()
+    cpu = distributed[distributed.index("torchrun --nproc_per_node=8 train.py"):]
     assert "CPU-only" in cpu[:400] and "torchrun --nproc_per_node=2 train.py hparams/conformer_gsc.yaml" in cpu[:400]
     assert "`ID, target, prediction, score`" in readme and "`prob_<label>`" in readme
     for row in TRAIN_ROWS:

@@ -8,7 +8,7 @@ import pathlib
 import pytest
 import torch
 
-from speechbrain_petl import bench
+from speechbrain_petl.perf import bench
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TINY = str(REPO / "tests" / "samples" / "tiny_ast")

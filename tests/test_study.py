@@ -9,9 +9,9 @@ import pytest
 
 from mini_datasets import make_esc50
 from recipe_utils import REPO
-from speechbrain_petl import budget, report, study
-from speechbrain_petl.paper import SUFFIXES
-from speechbrain_petl.results import is_finished
+from speechbrain_petl.studies import budget, report, study
+from speechbrain_petl.studies.paper import SUFFIXES
+from speechbrain_petl.studies.results import is_finished
 
 ESC50 = REPO / "recipes" / "ESC50" / "PETL" / "hparams"
 

@@ -4,9 +4,10 @@
 Synthetic data -> "pre-trained" small AST -> frozen AST + PETL methods on a
 task that needs local temporal structure -> a table like the paper's Table 1
 (markdown + bar chart) -> one new clip classified through the inference
-interface. Every training stage is a run of this folder's ``train.py`` (the
-ESC-50 preparation script, the package's recipe API, Brain, checkpoints and
-logs, as every recipe) on the synthetic data, configured by ``hparams/``.
+interface. Every training stage is a run of this folder's ``train.py``, a
+link to the ESC-50 recipe's (as ``esc50_prepare.py`` is): the ESC-50
+preparation, Brain, checkpoints and logs of a real recipe, on synthetic data
+written in ESC-50's layout, configured by ``hparams/``.
 
 To run (about 3 minutes on 2 CPU cores):
 
@@ -21,6 +22,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import platform
 import shutil
 import sys
 import time
@@ -33,10 +35,13 @@ from hyperpyyaml import load_hyperpyyaml
 import synthetic_data
 
 from speechbrain_petl.inference import AudioClassifier
-from speechbrain_petl.params import summarize
-from speechbrain_petl.results import test_accuracy, training_curves
+from speechbrain_petl.perf.measure import cpu_name, provenance
+from speechbrain_petl.studies.params import summarize
+from speechbrain_petl.studies.results import test_accuracy, training_curves
 
 HERE = pathlib.Path(__file__).resolve().parent
+#: The keys of hparams/quickstart.yaml that size the run (recorded in results.json).
+SETTINGS = ("seed", "source_clips_per_class", "target_clips_per_class", "pretrain_epochs", "target_epochs")
 
 
 def _load_stage_recipe():
@@ -150,8 +155,27 @@ def folder_size(folder):
     return sum(path.stat().st_size for path in pathlib.Path(folder).iterdir() if path.is_file())
 
 
+def environment():
+    """The machine and library versions behind the numbers."""
+    import torch
+    import torchaudio
+    import transformers
+
+    return {
+        "cpu": cpu_name(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchaudio": torchaudio.__version__,
+        "transformers": transformers.__version__,
+        "speechbrain": sb.__version__,
+    }
+
+
 def main(argv):
     """Runs every stage as ``hparams/quickstart.yaml`` (plus overrides) says."""
+    started = time.perf_counter()
+    facts = provenance("python quickstart.py", argv)
     hparams_file, _, overrides = sb.parse_arguments(argv)
     with open(hparams_file) as fin:
         hparams = load_hyperpyyaml(fin, overrides)
@@ -203,7 +227,6 @@ def main(argv):
                 "folder": str(run_folder),
             }
         )
-    (out / "results.json").write_text(json.dumps(rows, indent=2))
 
     print("[4/4] Results (chance: 10%)")
     print(write_report(rows, out))
@@ -217,7 +240,23 @@ def main(argv):
         f"the frozen backbone {out / 'pretrained_ast'} is {folder_size(out / 'pretrained_ast') / 1e6:.2f} MB)"
     )
     print(f"A new '{truth}' clip, classified through it: '{predicted}'")
-    print(f"Table: {out / 'results.md'}  chart: {out / 'results.png'}")
+    results = {
+        "command": facts["command"],
+        "date": facts["date"],
+        "environment": environment(),
+        "settings": {key: hparams[key] for key in SETTINGS},
+        "wall_seconds": time.perf_counter() - started,
+        "source_task": {
+            "train_loss_first": losses[0], "train_loss_last": losses[-1], "epochs": len(losses),
+            "test_accuracy": source_acc,
+        },
+        "rows": rows,
+        "new_clip": {"class": truth, "predicted": predicted},
+        "inference_folder_bytes": folder_size(inference),
+        "backbone_bytes": folder_size(out / "pretrained_ast"),
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"Table: {out / 'results.md'}  chart: {out / 'results.png'}  all figures: {out / 'results.json'}")
     return rows
 
 

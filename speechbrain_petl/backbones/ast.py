@@ -11,7 +11,7 @@ from transformers.activations import ACT2FN
 from speechbrain_petl.backbones.base import Backbone
 from speechbrain_petl.backbones.blocks import FeedForward, PreNormBlock, SelfAttention
 from speechbrain_petl.backbones.loading import describe_source, load_model
-from speechbrain_petl.features import AUDIOSET_MEAN, AUDIOSET_STD, Fbank
+from speechbrain_petl.backbones.features import AUDIOSET_MEAN, AUDIOSET_STD, Fbank
 from speechbrain_petl.sites import NormSite
 
 DEFAULT_AST = "MIT/ast-finetuned-audioset-10-10-0.4593"
@@ -158,7 +158,7 @@ class AST(Backbone):
         return self.dropout(x + self.pos_embed), None
 
     @contextlib.contextmanager
-    def _hf_model_for_saving(self):
+    def transformers_model(self):
         """The HF model with this lobe's resized positions and ``max_length``
         swapped in while it is saved; the live model is restored after."""
         model = self.__dict__["_hf_model"]

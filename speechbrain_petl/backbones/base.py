@@ -95,6 +95,7 @@ class Backbone(MethodHost, TrainedState, nn.Module, abc.ABC):
         for param in self.parameters():
             param.requires_grad_(False)
         self.recompute = self._recompute
+        self._forget_sites()  # the blocks exist now: list their sites on first use
         for name, method in as_named_methods(petl):
             self.attach(method, name)
 
@@ -132,11 +133,19 @@ class Backbone(MethodHost, TrainedState, nn.Module, abc.ABC):
         self.__dict__["_hf_model"] = model
 
     @contextlib.contextmanager
-    def _hf_model_for_saving(self):
-        """The Hugging Face model holding the lobe's current weights; lobes
+    def transformers_model(self):
+        """The transformers model (``ASTModel``, ``Wav2Vec2Model`` ...)
+        holding the lobe's current weights, for saving or exporting; lobes
         whose own tensors differ from it (AST's resized positions) swap them
         in for the duration and restore the live model afterwards."""
         yield self.__dict__["_hf_model"]
+
+    def resident_tensors(self):
+        """Every tensor the lobe keeps in memory: its parameters and buffers
+        and those of the transformers model it was built from (mostly the
+        same objects; AST's original position embeddings are not)."""
+        model = self.__dict__["_hf_model"]
+        return [*self.parameters(), *self.buffers(), *model.parameters(), *model.buffers()]
 
     def save_pretrained(self, folder):
         """Writes the backbone (with any fine-tuned weights) as a Hugging Face
@@ -158,7 +167,7 @@ class Backbone(MethodHost, TrainedState, nn.Module, abc.ABC):
                 f"Methods {sorted(self.merged)} are merged into the weights; unmerge them "
                 "before save_pretrained (or export the merged model on purpose)."
             )
-        with self._hf_model_for_saving() as model:
+        with self.transformers_model() as model:
             model.save_pretrained(folder)
 
     @property
@@ -205,7 +214,7 @@ class Backbone(MethodHost, TrainedState, nn.Module, abc.ABC):
         the recipe passes its augmentation at training time only.
         """
 
-    #: An :class:`~speechbrain_petl.embedding_cache.EmbeddingCache` that
+    #: An :class:`~speechbrain_petl.training.embedding_cache.EmbeddingCache` that
     #: ``forward`` goes through when set (linear probing only, opt-in).
     embedding_cache = None
 

@@ -6,6 +6,13 @@ It relies on the backbone's ``petl`` (a :class:`MethodDict`), ``_inactive``
 is attached where is the sites' dicts keyed by method name; ``petl`` changes
 only through :meth:`MethodHost.attach` and :meth:`MethodHost.detach`, so the
 two never drift apart.
+
+The questions other code asks about that state are answered here and
+nowhere else: :meth:`MethodHost.named_sites` (where the sites are),
+:attr:`MethodHost.merged` and :meth:`MethodHost.running_sites` (what is
+folded into the weights, what still runs as hooks), and
+:meth:`MethodHost.merged_weights` (everything folded for the duration of a
+block, then restored bit for bit; the exporters write plain models inside it).
 """
 
 import contextlib
@@ -14,6 +21,11 @@ from torch import nn
 
 from speechbrain_petl.methods.base import PETLMethod
 from speechbrain_petl.sites import KeyValueSite, Site, TokenSite, _ParameterSite
+
+
+class NotMergeable(TypeError):
+    """A method's trained state cannot be written into the frozen weights
+    (adapter blocks, prompts, prefixes); the message names the method."""
 
 
 class MethodHost:
@@ -60,6 +72,7 @@ class MethodHost:
             raise ValueError(f"A PETL method named '{name}' is already attached.")
         method.attach(self, name)
         self.petl._register(name, method)
+        self._forget_sites()
         if not active:
             self._inactive.add(name)
         try:
@@ -79,6 +92,7 @@ class MethodHost:
             site.remove_owner(name)
         method.detach(self)
         self.petl._unregister(name)
+        self._forget_sites()
         self._inactive.discard(name)
         self._sync_sites()
 
@@ -133,16 +147,98 @@ class MethodHost:
         if name not in self.merged:
             raise RuntimeError(f"'{name}' is not merged.")
         for site in self.sites():
-            if isinstance(site, _ParameterSite) and name in site.folded_owners():
+            if name in site.folded_owners():
                 site.unfold(name)
 
     @property
     def merged(self):
         """Names of the methods folded into the frozen weights."""
-        return {
-            owner for site in self.sites() if isinstance(site, _ParameterSite)
-            for owner in site.folded_owners()
-        }
+        return {owner for site in self.sites() for owner in site.folded_owners()}
+
+    def running_sites(self):
+        """``{method: [site paths]}``: where each active method still runs
+        as a hook or an override (not folded into the frozen weights).
+
+        Example
+        -------
+        >>> from transformers import ASTConfig
+        >>> from speechbrain_petl.backbones import AST
+        >>> from speechbrain_petl.methods import LoRA
+        >>> config = ASTConfig(hidden_size=32, num_hidden_layers=1,
+        ...     num_attention_heads=2, intermediate_size=64, max_length=64)
+        >>> ast = AST(source=config, pretrained=False, max_frames=64, petl=LoRA(rank=2))
+        >>> ast.running_sites()
+        {'lora': ['layers.0.attention.q_proj', 'layers.0.attention.v_proj']}
+        >>> ast.merge("lora")
+        >>> ast.running_sites(), ast.merged
+        ({}, {'lora'})
+        """
+        active = set(self.active)
+        running = {}
+        for path, site in self.named_sites():
+            for owner in sorted((site.owners() & active) - site.folded_owners()):
+                running.setdefault(owner, []).append(path)
+        return running
+
+    @contextlib.contextmanager
+    def merged_weights(self):
+        """Within the block, every active method is folded into the frozen
+        weights and no hook or override runs: the backbone computes with
+        plain weights what it computed with its methods (up to float
+        rounding). Afterwards the weights are restored bit for bit.
+
+        Methods that train the backbone's own weights (full fine-tuning) are
+        in them already. Raises :class:`NotMergeable` (after restoring) when
+        a method keeps running: adapter blocks, prompts and prefixes are not
+        changes of weights.
+
+        Example
+        -------
+        >>> import torch
+        >>> from transformers import ASTConfig
+        >>> from speechbrain_petl.backbones import AST
+        >>> from speechbrain_petl.methods import LoRA
+        >>> config = ASTConfig(hidden_size=32, num_hidden_layers=1,
+        ...     num_attention_heads=2, intermediate_size=64, max_length=64)
+        >>> ast = AST(source=config, pretrained=False, max_frames=64, petl=LoRA(rank=2)).eval()
+        >>> before = {k: v.clone() for k, v in ast.state_dict().items()}
+        >>> with ast.merged_weights():
+        ...     sorted(ast.merged)
+        ['lora']
+        >>> all(torch.equal(before[k], v) for k, v in ast.state_dict().items()), ast.merged
+        (True, set())
+        """
+        inactive = [name for name in self.petl if name not in self.active]
+        if inactive:
+            raise NotMergeable(f"Methods {inactive} are inactive; detach or activate them first.")
+        if self.merged:
+            raise NotMergeable(f"Methods {sorted(self.merged)} are merged already; unmerge them first.")
+        done = []
+        try:
+            for name, method in self.petl.items():
+                if method.trains_backbone_weights:
+                    continue
+                try:
+                    self.merge(name)
+                except TypeError as err:
+                    raise NotMergeable(
+                        f"'{name}' ({type(method).__name__}) cannot be written into plain weights: {err}"
+                    ) from None
+                done.append(name)
+            left = {
+                owner: paths for owner, paths in self.running_sites().items()
+                if not self.petl[owner].trains_backbone_weights
+            }
+            if left:
+                raise NotMergeable(
+                    "After merging, these methods still run modules that plain weights cannot "
+                    f"hold: {left}. Only LoRA, BitFit, linear probing and full fine-tuning "
+                    "become plain weights."
+                )
+            yield self
+        finally:
+            for name in reversed(done):
+                self.unmerge(name)
 
     @contextlib.contextmanager
     def routed(self, rows):
@@ -174,7 +270,7 @@ class MethodHost:
         merged = sorted(set(rows) & self.merged)
         if merged:
             raise RuntimeError(f"{merged} are merged into the weights: a routed method must not be merged.")
-        sites = list(self.sites())
+        sites = self.sites()
         for site in sites:
             site.route(rows)
         try:
@@ -201,11 +297,27 @@ class MethodHost:
                 return index
         return self.num_layers
 
+    def named_sites(self):
+        """``[(path, site)]``: every site of the backbone (all blocks, and
+        the final norm) with its module path, e.g.
+        ``("layers.0.attention.q_proj", LinearSite)``. Built once per
+        attach/detach, not on every call."""
+        cached = self.__dict__.get("_named_sites")
+        if cached is None:
+            cached = tuple(
+                (path, module) for path, module in self.named_modules()
+                if isinstance(module, Site) and not path.startswith("petl.")
+            )
+            # A plain attribute (not registered): the sites are the backbone's own modules.
+            self.__dict__["_named_sites"] = cached
+        return list(cached)
+
     def sites(self):
-        """Every site of the backbone (all blocks, and the final norm)."""
-        for path, module in self.named_modules():
-            if isinstance(module, Site) and not path.startswith("petl."):
-                yield module
+        """Every site of the backbone (see :meth:`named_sites`)."""
+        return [site for _, site in self.named_sites()]
+
+    def _forget_sites(self):
+        self.__dict__.pop("_named_sites", None)
 
     def _method(self, name):
         if name not in self.petl:

@@ -20,7 +20,7 @@ from speechbrain_petl.backbones.blocks import (
     SelfAttention,
 )
 from speechbrain_petl.backbones.loading import describe_source, load_model
-from speechbrain_petl.features import relative_to_absolute
+from speechbrain_petl.backbones.features import relative_to_absolute
 from speechbrain_petl.sites import NormSite, masked_fill_padding
 
 

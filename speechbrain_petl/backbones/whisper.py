@@ -10,7 +10,7 @@ from transformers.audio_utils import mel_filter_bank
 from speechbrain_petl.backbones.base import Backbone
 from speechbrain_petl.backbones.blocks import FeedForward, PreNormBlock, SelfAttention
 from speechbrain_petl.backbones.loading import describe_source, load_model
-from speechbrain_petl.features import relative_to_absolute
+from speechbrain_petl.backbones.features import relative_to_absolute
 from speechbrain_petl.sites import NormSite
 
 DEFAULT_WHISPER = "openai/whisper-base"

@@ -1,36 +1,44 @@
-"""Data helpers shared by the recipes: audio loading and clip checks
-(:mod:`speechbrain_petl.data.audio`) and the building blocks of the dataset
-preparation scripts (:mod:`speechbrain_petl.data.prepare`)."""
+"""Data shared by the recipes: audio loading and clip checks, and the steps of every dataset preparation.
+
+* :mod:`~speechbrain_petl.data.audio`: reading clips (any rate, mono), checking them;
+* :mod:`~speechbrain_petl.data.pipelines`: SpeechBrain datasets and their audio pipeline;
+* a preparation's steps: :mod:`~speechbrain_petl.data.layout` (the dataset's
+  files are where they should be), :mod:`~speechbrain_petl.data.record`
+  (is the preparation current), :mod:`~speechbrain_petl.data.manifests`
+  (bad clips out, CSV manifests written), :mod:`~speechbrain_petl.data.few_shot`,
+  :mod:`~speechbrain_petl.data.folds`, and :mod:`~speechbrain_petl.data.prepare`
+  running them in order.
+"""
 
 from speechbrain_petl.data.audio import AudioFileError, ClipReport, inspect_clip, load_audio
-from speechbrain_petl.data.prepare import (
-    BAD_CLIPS_LOG,
+from speechbrain_petl.data.few_shot import FEW_SHOT_SAMPLINGS, few_shot_settings, select_few_shot
+from speechbrain_petl.data.folds import assign_folds, fold_splits
+from speechbrain_petl.data.layout import check_save_folder, require_file, require_folder
+from speechbrain_petl.data.manifests import BAD_CLIPS_LOG, MANIFESTS, SPLITS, filter_bad_clips, write_manifest
+from speechbrain_petl.data.prepare import prepare_split_manifests
+from speechbrain_petl.data.record import (
     CLIPS_RECORD,
     SETTINGS_FILE,
     clip_stats,
-    assign_folds,
-    fold_splits,
-    check_save_folder,
-    filter_bad_clips,
     invalidate_preparation,
     mark_prepared,
-    prepare_split_manifests,
     preparation_is_current,
-    require_file,
-    require_folder,
-    write_manifest,
 )
 
 __all__ = [
     "AudioFileError",
     "BAD_CLIPS_LOG",
     "CLIPS_RECORD",
+    "FEW_SHOT_SAMPLINGS",
+    "MANIFESTS",
     "SETTINGS_FILE",
+    "SPLITS",
     "ClipReport",
     "clip_stats",
     "assign_folds",
     "fold_splits",
     "check_save_folder",
+    "few_shot_settings",
     "filter_bad_clips",
     "inspect_clip",
     "invalidate_preparation",
@@ -40,5 +48,6 @@ __all__ = [
     "preparation_is_current",
     "require_file",
     "require_folder",
+    "select_few_shot",
     "write_manifest",
 ]

@@ -4,6 +4,8 @@
 it decodes any WAV subtype, down-mixes to mono and resamples at load time, so
 a dataset never needs resampled copies on disk. :func:`inspect_clip` is what
 the preparation scripts call once per clip to find clips that cannot be used.
+:func:`read_clip` is what the inference interfaces call for a user's file:
+the same loading, with errors that name the file.
 
 ``torchaudio.load`` is deliberately not used (it needs an optional decoding
 backend); torchaudio only provides the resampler.
@@ -103,6 +105,25 @@ def load_audio(path, sample_rate=16000):
     if sample_rate is not None and file_rate != sample_rate:
         wav = AF.resample(wav, orig_freq=file_rate, new_freq=sample_rate)
     return wav
+
+
+def read_clip(path, sample_rate):
+    """One audio file as a mono waveform at ``sample_rate`` (any rate, mono
+    or stereo, any format libsndfile reads), with errors that name the file.
+
+    Example
+    -------
+    >>> read_clip("missing.wav", 16000)
+    Traceback (most recent call last):
+    FileNotFoundError: No audio file at missing.wav
+    """
+    path = str(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No audio file at {path}")
+    try:
+        return load_audio(path, sample_rate)
+    except AudioFileError as err:
+        raise ValueError(f"{path} is not an audio file libsndfile can decode ({err.reason})") from None
 
 
 @dataclasses.dataclass(frozen=True)

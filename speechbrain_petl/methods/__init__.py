@@ -1,5 +1,8 @@
-"""PETL methods, one small module each. Attach them to a backbone lobe via
-its ``petl`` argument (in YAML) or ``backbone.attach(method)``."""
+"""PETL methods, one small module each, attached to a lobe's named sites.
+
+Attach them through a lobe's ``petl`` argument (in YAML) or
+``backbone.attach(method)``.
+"""
 
 from speechbrain_petl.methods.adapters import Adapters, BottleneckAdapter, ConformerAdapter
 from speechbrain_petl.methods.base import ParameterCopy, PETLMethod

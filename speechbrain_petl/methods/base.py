@@ -44,6 +44,10 @@ class PETLMethod(nn.Module, abc.ABC):
     #: them active at once would shift each other's token positions.
     inserts_tokens = False
 
+    #: True for methods that train the backbone's own tensors (full
+    #: fine-tuning): their state already is in the weights, nothing to merge.
+    trains_backbone_weights = False
+
     def attach(self, backbone, name):
         """Builds the method's tensors for ``backbone`` and hooks its sites.
 

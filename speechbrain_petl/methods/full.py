@@ -21,6 +21,7 @@ class FullFineTuning(PETLMethod):
     """
 
     default_name = "full"
+    trains_backbone_weights = True
 
     def _attach(self, backbone, name):
         if self.layer_selection is None:

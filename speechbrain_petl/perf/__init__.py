@@ -1,4 +1,8 @@
-"""Measuring what a training step costs: analytic FLOP counts
-(:mod:`~speechbrain_petl.perf.flops`) and the step's time, memory and saved
-activations (:mod:`~speechbrain_petl.perf.measure`). The command that uses
-them is ``python -m speechbrain_petl.bench``."""
+"""Measuring what training and inference cost: time, memory, saved activations and FLOPs per method.
+
+:mod:`~speechbrain_petl.perf.flops` counts a step's matrix-product FLOPs
+analytically; :mod:`~speechbrain_petl.perf.measure` times a step and
+measures its memory and saved activations; ``python -m
+speechbrain_petl.perf.bench`` (:mod:`~speechbrain_petl.perf.bench`) runs
+them over every method.
+"""

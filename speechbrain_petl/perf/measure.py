@@ -1,12 +1,54 @@
-"""Time, memory and saved activations of a training step, and the
-machine's matrix-multiplication rate."""
+"""Time, memory and saved activations of a training step, the machine's
+matrix-multiplication rate, and where, when and how a figure was measured."""
 
+import contextlib
+import datetime
+import platform
 import resource
+import shlex
 import statistics
 import sys
 import time
 
 import torch
+
+
+def cpu_name():
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` says."""
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as fin:
+            names = [line.split(":", 1)[1].strip() for line in fin if line.startswith("model name")]
+        if names:
+            return names[0]
+    return platform.processor() or platform.machine()
+
+
+def provenance(command, argv):
+    """Where, when and how a measurement is made: ``cpu``, torch's
+    ``threads`` and version, the UTC ``date`` and the ``command`` line
+    (``command`` followed by ``argv``, quoted as a shell would need).
+
+    Example
+    -------
+    >>> facts = provenance("python -m speechbrain_petl.perf.bench", ["--frames", "100"])
+    >>> facts["command"]
+    'python -m speechbrain_petl.perf.bench --frames 100'
+    """
+    return {
+        "cpu": cpu_name(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": " ".join([command, *map(shlex.quote, argv)]),
+    }
+
+
+def provenance_line(facts):
+    """One markdown line stating :func:`provenance`'s facts."""
+    return (
+        f"Measured {facts['date']} on {facts['cpu']} ({facts['threads']} torch threads, "
+        f"torch {facts['torch']}) with `{facts['command']}`."
+    )
 
 
 def synchronize(device):

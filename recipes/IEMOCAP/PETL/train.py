@@ -21,9 +21,9 @@ import sys
 from iemocap_prepare import prepare_iemocap
 from speechbrain.utils.distributed import run_on_main
 
-from speechbrain_petl.brain import ClassificationBrain
 from speechbrain_petl.data.pipelines import classification_datasets
-from speechbrain_petl.recipe import finish_run, setup_experiment, start_record
+from speechbrain_petl.training.brain import ClassificationBrain
+from speechbrain_petl.training.recipe import finish_run, setup_experiment, start_record
 
 
 def main(argv):

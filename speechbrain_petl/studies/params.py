@@ -1,0 +1,140 @@
+"""Parameter report of the model a HyperPyYAML file describes.
+
+Usage::
+
+    python -m speechbrain_petl.studies.params HPARAMS.yaml [--key=value ...]
+
+Builds the ``modules`` of the yaml (use ``--pretrained=False`` to work
+offline: random weights from the shipped config), prints a per-module
+breakdown, and ends with one JSON line::
+
+    {"petl": N, "head": H, "frozen": F, "total": T}
+
+``petl`` counts everything that trains inside the backbone lobe (PETL
+modules, plus backbone tensors a method unfroze); ``head`` the trainable
+parameters of the other modules (the classifier); ``frozen`` everything
+that does not train. Nothing is written: ``!PLACEHOLDER`` keys get dummy
+values and ``output_folder`` points to a temporary folder.
+"""
+
+import collections
+import json
+import re
+import sys
+import tempfile
+
+import speechbrain as sb
+from hyperpyyaml import load_hyperpyyaml
+
+from speechbrain_petl.backbones.base import Backbone
+
+PLACEHOLDER = re.compile(r"^([A-Za-z_][\w]*):\s*!PLACEHOLDER", re.MULTILINE)
+
+
+def count(module):
+    """(trainable, frozen) parameter counts of ``module``."""
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in module.parameters() if not p.requires_grad)
+    return trainable, frozen
+
+
+def petl_breakdown(backbone):
+    """Trainable tensors of the lobe grouped across layers.
+
+    Returns a list of (pattern, count) such as
+    ``("petl.lora.layers.*.attention.query.down.weight", 55296)``.
+    """
+    groups = collections.OrderedDict()
+    for name, param in backbone.named_parameters():
+        if param.requires_grad:
+            key = re.sub(r"layers\.\d+\.", "layers.*.", name)
+            groups[key] = groups.get(key, 0) + param.numel()
+    return list(groups.items())
+
+
+def summarize(modules):
+    """Counts for a dict of modules holding exactly one backbone lobe.
+
+    Example
+    -------
+    >>> import torch
+    >>> from transformers import ASTConfig
+    >>> from speechbrain_petl.backbones import AST
+    >>> from speechbrain_petl.methods import LoRA
+    >>> config = ASTConfig(hidden_size=32, num_hidden_layers=2,
+    ...     num_attention_heads=2, intermediate_size=64, max_length=64)
+    >>> ast = AST(config, pretrained=False, max_frames=64, petl=LoRA(rank=2))
+    >>> summary = summarize({"backbone": ast, "classifier": torch.nn.Linear(32, 5)})
+    >>> summary["petl"], summary["head"]
+    (512, 165)
+    """
+    backbones = [m for m in modules.values() if isinstance(m, Backbone)]
+    if len(backbones) != 1:
+        raise ValueError(
+            f"'modules' must hold exactly one speechbrain_petl backbone lobe, found {len(backbones)}"
+        )
+    petl = head = frozen = 0
+    for module in modules.values():
+        trainable, fixed = count(module)
+        frozen += fixed
+        if isinstance(module, Backbone):
+            petl += trainable
+        else:
+            head += trainable
+    return {"petl": petl, "head": head, "frozen": frozen, "total": petl + head + frozen}
+
+
+def report(modules, out=None):
+    """Prints the breakdown of ``modules`` (to ``out``, default stdout) and
+    returns the summary dict."""
+    out = out or sys.stdout
+    summary = summarize(modules)
+    for key, module in modules.items():
+        trainable, fixed = count(module)
+        print(f"{key}: {type(module).__name__}  trainable {trainable:,}  frozen {fixed:,}", file=out)
+        if isinstance(module, Backbone):
+            print(f"  source: {module.source}", file=out)
+            for name, method in module.petl.items():
+                print(
+                    f"  petl '{name}': {type(method).__name__}  {method.num_trainable():,}",
+                    file=out,
+                )
+            for pattern, n in petl_breakdown(module):
+                print(f"    {pattern}: {n:,}", file=out)
+    print(json.dumps(summary), file=out)
+    return summary
+
+
+def load_modules(argv):
+    """Parses ``HPARAMS.yaml --key=value`` and builds the yaml's modules.
+
+    Parses ``HPARAMS.yaml --key=value ...`` and builds the yaml's modules."""
+    hparams_file, _, overrides = sb.parse_arguments(argv)
+    with open(hparams_file) as fin:
+        text = fin.read()
+    given = set(re.findall(r"^([A-Za-z_]\w*):", overrides or "", re.MULTILINE))
+    extra = [
+        f"{key}: unused-by-params-report"
+        for key in PLACEHOLDER.findall(text)
+        if key not in given
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        if re.search(r"^output_folder:", text, re.MULTILINE) and "output_folder" not in given:
+            extra.append(f"output_folder: {tmp}")
+        hparams = load_hyperpyyaml(text, "\n".join([overrides or ""] + extra))
+    if "modules" not in hparams:
+        raise KeyError(
+            f"{hparams_file} has no 'modules' key; expected a dict of the "
+            "modules to train (backbone and classifier), as in SpeechBrain recipes."
+        )
+    return dict(hparams["modules"])
+
+
+def main(argv=None):
+    """Entry point of ``python -m speechbrain_petl.studies.params``."""
+    argv = sys.argv[1:] if argv is None else argv
+    report(load_modules(argv))
+
+
+if __name__ == "__main__":
+    main()
