@@ -1,5 +1,6 @@
 """The PETL methods the tests try, in small configurations that fit the tiny
-backbones of ``tiny.py``, and a helper that makes every method non-trivial."""
+backbones of ``tiny.py`` and in the paper's configurations, and a helper that
+makes every method non-trivial."""
 
 import functools
 
@@ -58,6 +59,24 @@ TOKEN_METHODS = {
     "prefix": lambda: PrefixTuning(length=4),
 }
 ALL_METHODS = {**IDENTITY_AT_INIT, **TOKEN_METHODS}
+
+_PAPER_BOTTLENECK = functools.partial(BottleneckAdapter, bottleneck=12)
+_PAPER_CONFORMER = functools.partial(ConformerAdapter, bottleneck=8, kernel_size=31)
+#: The paper's configuration of each method (for AST-base), named as in the
+#: method x backbone table of docs/architecture.md.
+PAPER_METHODS = {
+    "Full fine-tuning": FullFineTuning,
+    "Linear probing": LinearProbing,
+    "BitFit": BitFit,
+    "Shallow prompts": lambda: PromptTuning(length=300),
+    "Deep prompts": lambda: PromptTuning(length=25, deep=True),
+    "Prefix tuning": lambda: PrefixTuning(length=24),
+    "LoRA": lambda: LoRA(rank=6, alpha=0.75, targets=["attention.query", "attention.value"]),
+    "Bottleneck (Pfeiffer)": lambda: Adapters(_PAPER_BOTTLENECK),
+    "Bottleneck (Houlsby)": lambda: Adapters(_PAPER_BOTTLENECK, placement="houlsby"),
+    "Conformer (Pfeiffer)": lambda: Adapters(_PAPER_CONFORMER),
+    "Conformer (Houlsby)": lambda: Adapters(_PAPER_CONFORMER, placement="houlsby"),
+}
 
 
 def perturb_petl_(lobe, seed=0):

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from method_zoo import PAPER_METHODS
 from recipe_table import PARAMS, TRAIN_ROWS, backbone_kind, row_id
 from speechbrain_petl.studies.params import load_modules, report
 
@@ -91,39 +92,12 @@ def test_yaml_without_modules_is_a_clear_error(tmp_path):
 def test_readme_method_by_backbone_table_is_what_each_lobe_trains():
     """docs/architecture.md's method x backbone table: every method on every
     lobe (built on the meta device from the shipped configs), no empty cell."""
-    import functools
     import re
 
     import torch
 
     from speechbrain_petl.backbones import AST, HuBERT, Wav2Vec2, WavLM, WhisperEncoder
-    from speechbrain_petl.methods import (
-        Adapters,
-        BitFit,
-        BottleneckAdapter,
-        ConformerAdapter,
-        FullFineTuning,
-        LinearProbing,
-        LoRA,
-        PrefixTuning,
-        PromptTuning,
-    )
 
-    bottleneck = functools.partial(BottleneckAdapter, bottleneck=12)
-    conformer = functools.partial(ConformerAdapter, bottleneck=8, kernel_size=31)
-    methods = {
-        "Full fine-tuning": FullFineTuning,
-        "Linear probing": LinearProbing,
-        "BitFit": BitFit,
-        "Shallow prompts": lambda: PromptTuning(length=300),
-        "Deep prompts": lambda: PromptTuning(length=25, deep=True),
-        "Prefix tuning": lambda: PrefixTuning(length=24),
-        "LoRA": lambda: LoRA(rank=6, alpha=0.75, targets=["attention.query", "attention.value"]),
-        "Bottleneck (Pfeiffer)": lambda: Adapters(bottleneck),
-        "Bottleneck (Houlsby)": lambda: Adapters(bottleneck, placement="houlsby"),
-        "Conformer (Pfeiffer)": lambda: Adapters(conformer),
-        "Conformer (Houlsby)": lambda: Adapters(conformer, placement="houlsby"),
-    }
     lobes = [
         lambda: AST(pretrained=False, max_frames=100),
         lambda: Wav2Vec2(pretrained=False),
@@ -133,14 +107,14 @@ def test_readme_method_by_backbone_table_is_what_each_lobe_trains():
     ]
     readme = open(os.path.join(ROOT, "docs", "architecture.md"), encoding="utf-8").read()
     table = {}
-    for name in methods:
+    for name in PAPER_METHODS:
         (line,) = [line for line in readme.splitlines() if line.startswith(f"| {name} | ") and line.count("|") == 7]
         table[name] = [int(cell.replace(",", "")) for cell in re.findall(r"\| ([\d,]+)", line)]
         assert len(table[name]) == len(lobes), line
     for column, make in enumerate(lobes):
         with torch.device("meta"):
             lobe = make()
-        for name, method in methods.items():
+        for name, method in PAPER_METHODS.items():
             lobe.attach(method(), "task")
             assert sum(p.numel() for p in lobe.parameters() if p.requires_grad) == table[name][column], (name, column)
             lobe.detach("task")

@@ -122,3 +122,20 @@ def test_the_conformer_task_is_a_small_folder_that_classifies_the_new_clip(finis
     # The folder gives what the run's own best checkpoint gives.
     from_run = AudioClassifier.from_experiment(inference.parent)
     assert from_run.classify_file(out / "new_clip.wav")[3][0] == predicted
+
+
+def test_readme_quotes_the_committed_results_of_a_full_run():
+    """recipes/Quickstart/README.md's numbers are results.md of the
+    committed results.json, a run with the yaml's own settings."""
+    from hyperpyyaml import load_hyperpyyaml
+
+    quickstart = load_recipe_module("Quickstart", "quickstart")
+    folder = REPO / "recipes" / "Quickstart"
+    results = json.loads((folder / "results.json").read_text())
+    readme = (folder / "README.md").read_text()
+    block = readme.split("<!-- results.md of results.json -->\n", 1)[1].split("<!-- end of results.md -->", 1)[0]
+    assert block.strip() == quickstart.measured_markdown(results).strip()
+    with open(folder / "hparams" / "quickstart.yaml") as fin:
+        defaults = load_hyperpyyaml(fin)
+    assert results["settings"] == {key: defaults[key] for key in quickstart.SETTINGS}
+    assert results["command"] == "python quickstart.py hparams/quickstart.yaml"

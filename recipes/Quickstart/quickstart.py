@@ -96,8 +96,16 @@ def run_stage(yaml_file, output_folder, *overrides):
     return brain, json.loads(timing.read_text())["seconds"]
 
 
-def write_report(rows, output_folder):
-    """Writes results.md and results.png; returns the markdown table."""
+def results_table(rows):
+    """The paper-style table of the target runs (markdown).
+
+    Example
+    -------
+    >>> row = {"method": "LoRA", "trainable": 26506, "percent": 1.42, "accuracy": 0.375,
+    ...        "n_test": 200, "seconds": 23.4}
+    >>> print(results_table([row]).splitlines()[-1])
+    | LoRA | 26,506 | 1.42% | 37.5% | 200 | 23 |
+    """
     lines = [
         "| Method | Trainable params | % of all params | Target accuracy | Test clips | Training time (s) |",
         "|---|---|---|---|---|---|",
@@ -107,8 +115,41 @@ def write_report(rows, output_folder):
             f"| {row['method']} | {row['trainable']:,} | {row['percent']:.2f}% | "
             f"{100 * row['accuracy']:.1f}% | {row['n_test']} | {row['seconds']:.0f} |"
         )
-    table = "\n".join(lines)
-    (pathlib.Path(output_folder) / "results.md").write_text(table + "\n")
+    return "\n".join(lines)
+
+
+def measured_markdown(results):
+    """What ``results.json`` says, as the markdown ``results.md`` holds (and
+    this recipe's README quotes): where, when and how it ran, the source
+    task, the table, the new clip and the sizes."""
+    env, settings, source = results["environment"], results["settings"], results["source_task"]
+    minutes, seconds = divmod(round(results["wall_seconds"]), 60)
+    return "\n".join([
+        f"`{results['command']}` on {results['date']}: {env['cpu']}, {env['torch_threads']} torch threads; "
+        f"Python {env['python']}, torch {env['torch']}, torchaudio {env['torchaudio']}, "
+        f"transformers {env['transformers']}, speechbrain {env['speechbrain']}. "
+        f"Wall time {minutes} min {seconds:02d} s (seed {settings['seed']}, {settings['pretrain_epochs']} "
+        f"pre-training and {settings['target_epochs']} target epochs, {settings['source_clips_per_class']} "
+        f"source and {settings['target_clips_per_class']} target clips per class).",
+        "",
+        f"Source task (20 classes): training loss {source['train_loss_first']:.2f} -> "
+        f"{source['train_loss_last']:.2f} over {source['epochs']} epochs, "
+        f"test accuracy {100 * source['test_accuracy']:.1f}%.",
+        "",
+        "Target task (10 classes, chance 10%):",
+        "",
+        results_table(results["rows"]),
+        "",
+        f"A new `{results['new_clip']['class']}` clip, classified by the Conformer-adapter task loaded "
+        f"from its inference folder: `{results['new_clip']['predicted']}`. That folder holds "
+        f"{results['inference_folder_bytes'] / 1e6:.2f} MB; the frozen backbone it names, "
+        f"{results['backbone_bytes'] / 1e6:.2f} MB.",
+        "",
+    ])
+
+
+def write_chart(rows, output_folder):
+    """Writes results.png: the target accuracy of each method."""
 
     import matplotlib
 
@@ -131,7 +172,6 @@ def write_report(rows, output_folder):
     fig.tight_layout()
     fig.savefig(pathlib.Path(output_folder) / "results.png", dpi=120)
     plt.close(fig)
-    return table
 
 
 def classify_new_clip(inference_folder, output_folder, seed):
@@ -229,7 +269,8 @@ def main(argv):
         )
 
     print("[4/4] Results (chance: 10%)")
-    print(write_report(rows, out))
+    print(results_table(rows))
+    write_chart(rows, out)
     # Every recipe run ends by writing its tested model as <run>/inference:
     # the trained tensors only, loadable by SpeechBrain's from_hparams.
     conformer = next(r for r in rows if r["method"] == "Conformer adapter")
@@ -256,6 +297,7 @@ def main(argv):
         "backbone_bytes": folder_size(out / "pretrained_ast"),
     }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(measured_markdown(results))
     print(f"Table: {out / 'results.md'}  chart: {out / 'results.png'}  all figures: {out / 'results.json'}")
     return rows
 

@@ -9,8 +9,7 @@ from transformers import ASTConfig, ASTModel
 from transformers.activations import ACT2FN
 
 from speechbrain_petl.backbones.base import Backbone
-from speechbrain_petl.backbones.blocks import FeedForward, PreNormBlock, SelfAttention
-from speechbrain_petl.backbones.loading import describe_source, load_model
+from speechbrain_petl.backbones.blocks import PreNormBlock
 from speechbrain_petl.backbones.features import AUDIOSET_MEAN, AUDIOSET_STD, Fbank
 from speechbrain_petl.sites import NormSite
 
@@ -56,15 +55,12 @@ class AST(Backbone):
         values instead of Hugging Face's zeros: training from scratch then
         knows where each patch is from the first step.
     recompute : str, optional
-        None, ``"ffn"`` or ``"blocks"``: activations recomputed in the
-        backward pass instead of kept (see ``Backbone.recompute``).
+        What the backward pass recomputes (:attr:`Backbone.recompute`).
 
     Example
     -------
-    >>> from transformers import ASTConfig
-    >>> config = ASTConfig(hidden_size=32, num_hidden_layers=2,
-    ...     num_attention_heads=2, intermediate_size=64, max_length=64)
-    >>> ast = AST(source=config, pretrained=False, max_frames=64)
+    >>> from speechbrain_petl.backbones import tiny_config
+    >>> ast = AST(tiny_config("ast"), pretrained=False, max_frames=64)
     >>> ast(torch.randn(3, 8000), torch.tensor([1.0, 0.8, 0.5])).shape
     torch.Size([3, 32])
     >>> ast.site(0, "attention.query")
@@ -91,16 +87,13 @@ class AST(Backbone):
             raise ValueError(f"init_positions must be None or 'sincos', got {init_positions!r}")
         if init_positions and pretrained:
             raise ValueError("init_positions only applies to pretrained=False: it would overwrite trained embeddings.")
-        model = load_model(ASTModel, ASTConfig, source, pretrained)
+        model = self._load_transformers_model(ASTModel, ASTConfig, source, pretrained)
         config = model.config
         patch = config.patch_size
         if max_frames < patch:
             raise ValueError(
                 f"max_frames={max_frames} is shorter than one AST patch ({patch} frames)."
             )
-        self.source = describe_source(source)
-        self.pretrained = pretrained
-        self.config = config
         self.max_frames = max_frames
         self.hidden_size = config.hidden_size
         self.num_special_tokens = 2  # CLS and distillation tokens
@@ -136,7 +129,6 @@ class AST(Backbone):
             [_restate_layer(layer, config) for layer in _hf_layers(model)]
         )
         self.final_norm = NormSite(model.layernorm)
-        self._keep_hf_model(model)
         self._finish_init(petl)
 
     def embed(self, wavs, wav_lens=None, augment=None):
@@ -286,16 +278,7 @@ def _restate_layer(layer, config):
         att = layer.attention.attention
         projections = (att.query, att.key, att.value, layer.attention.output.dense)
         fc1, fc2 = layer.intermediate.dense, layer.output.dense
-    attention = SelfAttention(
-        *projections,
-        num_heads=config.num_attention_heads,
-        dropout=config.attention_probs_dropout_prob,
-    )
-    mlp = FeedForward(fc1, fc2, ACT2FN[config.hidden_act])
-    return PreNormBlock(
-        attention,
-        mlp,
-        mhsa_norm=layer.layernorm_before,
-        ffn_norm=layer.layernorm_after,
-        dropout=config.hidden_dropout_prob,
+    return PreNormBlock.around(
+        projections, (fc1, fc2), (layer.layernorm_before, layer.layernorm_after), ACT2FN[config.hidden_act],
+        config.num_attention_heads, (config.hidden_dropout_prob, config.attention_probs_dropout_prob, 0.0),
     )

@@ -38,6 +38,7 @@ from torch import nn
 from speechbrain_petl.backbones.blocks import RECOMPUTE_MODES, FeedForward, run_block
 from speechbrain_petl.backbones.fingerprint import TensorHashCache
 from speechbrain_petl.backbones.lifecycle import MethodDict, MethodHost, as_named_methods
+from speechbrain_petl.backbones.loading import describe_source, load_model
 from speechbrain_petl.backbones.trained_state import TrainedState
 from speechbrain_petl.sites import Site
 
@@ -127,14 +128,22 @@ class Backbone(MethodHost, TrainedState, nn.Module, abc.ABC):
             block.mlp.recompute = mode == "ffn"
         self._recompute = mode
 
-    def _keep_hf_model(self, model):
-        # Kept unregistered: its weights are the lobe's own (shared objects),
-        # registering it would duplicate them in every state_dict.
+    def _load_transformers_model(self, model_class, config_class, source, pretrained):
+        """Loads ``source`` (:func:`~speechbrain_petl.backbones.loading.load_model`),
+        records ``source``, ``pretrained`` and ``config``, and returns the
+        model. The model is kept unregistered: its weights are the lobe's
+        own (shared objects), registering it would duplicate them in every
+        state_dict."""
+        model = load_model(model_class, config_class, source, pretrained)
+        self.source = describe_source(source)
+        self.pretrained = pretrained
+        self.config = model.config
         self.__dict__["_hf_model"] = model
+        return model
 
     @contextlib.contextmanager
     def transformers_model(self):
-        """The transformers model (``ASTModel``, ``Wav2Vec2Model`` ...)
+        """The transformers model (e.g. ``ASTModel``, ``Wav2Vec2Model``)
         holding the lobe's current weights, for saving or exporting; lobes
         whose own tensors differ from it (AST's resized positions) swap them
         in for the duration and restore the live model afterwards."""

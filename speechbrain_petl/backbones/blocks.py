@@ -164,6 +164,29 @@ class _Block(nn.Module):
         self.ffn = SublayerSite()
         self.dropout = nn.Dropout(dropout)
 
+    @classmethod
+    def around(cls, projections, fc, norms, activation, num_heads, dropouts=(0.0, 0.0, 0.0), position_bias=None):
+        """The block around a transformers layer's own modules (shared, not
+        copied): ``projections`` (query, key, value, output linears), ``fc``
+        (the feed-forward's two linears), ``norms`` (the LayerNorms before or
+        after MHSA and FFN), ``dropouts`` (residual, attention, activation).
+
+        Example
+        -------
+        >>> lin = lambda i, o: torch.nn.Linear(i, o)
+        >>> block = PreNormBlock.around([lin(8, 8) for _ in range(4)], (lin(8, 16), lin(16, 8)),
+        ...     (torch.nn.LayerNorm(8), torch.nn.LayerNorm(8)), torch.nn.GELU(), num_heads=2)
+        >>> block(torch.randn(2, 5, 8))[0].shape
+        torch.Size([2, 5, 8])
+        """
+        residual, attention, activation_dropout = dropouts
+        return cls(
+            SelfAttention(*projections, num_heads=num_heads, dropout=attention, position_bias=position_bias),
+            FeedForward(*fc, activation, dropout=activation_dropout),
+            *norms,
+            dropout=residual,
+        )
+
     def _attend(self, x, mask):
         return self.dropout(self.attention(x, mask))
 

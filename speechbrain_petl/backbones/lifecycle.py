@@ -46,12 +46,9 @@ class MethodHost:
 
         Example
         -------
-        >>> from transformers import ASTConfig
-        >>> from speechbrain_petl.backbones import AST
+        >>> from speechbrain_petl.backbones import AST, tiny_config
         >>> from speechbrain_petl.methods import LoRA
-        >>> config = ASTConfig(hidden_size=32, num_hidden_layers=2,
-        ...     num_attention_heads=2, intermediate_size=64, max_length=64)
-        >>> ast = AST(source=config, pretrained=False, max_frames=64)
+        >>> ast = AST(tiny_config("ast"), pretrained=False, max_frames=64)
         >>> ast.attach(LoRA(rank=2))
         >>> ast.attach(LoRA(rank=4), "task_b", active=False)
         >>> list(ast.petl), ast.active
@@ -161,14 +158,11 @@ class MethodHost:
 
         Example
         -------
-        >>> from transformers import ASTConfig
-        >>> from speechbrain_petl.backbones import AST
+        >>> from speechbrain_petl.backbones import AST, tiny_config
         >>> from speechbrain_petl.methods import LoRA
-        >>> config = ASTConfig(hidden_size=32, num_hidden_layers=1,
-        ...     num_attention_heads=2, intermediate_size=64, max_length=64)
-        >>> ast = AST(source=config, pretrained=False, max_frames=64, petl=LoRA(rank=2))
+        >>> ast = AST(tiny_config("ast", num_hidden_layers=1), pretrained=False, max_frames=64, petl=LoRA(rank=2))
         >>> ast.running_sites()
-        {'lora': ['layers.0.attention.q_proj', 'layers.0.attention.v_proj']}
+        {'lora': ['layers.0.attention.query', 'layers.0.attention.value']}
         >>> ast.merge("lora")
         >>> ast.running_sites(), ast.merged
         ({}, {'lora'})
@@ -195,12 +189,9 @@ class MethodHost:
         Example
         -------
         >>> import torch
-        >>> from transformers import ASTConfig
-        >>> from speechbrain_petl.backbones import AST
+        >>> from speechbrain_petl.backbones import AST, tiny_config
         >>> from speechbrain_petl.methods import LoRA
-        >>> config = ASTConfig(hidden_size=32, num_hidden_layers=1,
-        ...     num_attention_heads=2, intermediate_size=64, max_length=64)
-        >>> ast = AST(source=config, pretrained=False, max_frames=64, petl=LoRA(rank=2)).eval()
+        >>> ast = AST(tiny_config("ast", num_hidden_layers=1), pretrained=False, max_frames=64, petl=LoRA(rank=2)).eval()
         >>> before = {k: v.clone() for k, v in ast.state_dict().items()}
         >>> with ast.merged_weights():
         ...     sorted(ast.merged)
@@ -253,12 +244,9 @@ class MethodHost:
         Example
         -------
         >>> import torch
-        >>> from transformers import ASTConfig
-        >>> from speechbrain_petl.backbones import AST
+        >>> from speechbrain_petl.backbones import AST, tiny_config
         >>> from speechbrain_petl.methods import BitFit
-        >>> config = ASTConfig(hidden_size=32, num_hidden_layers=2,
-        ...     num_attention_heads=2, intermediate_size=64, max_length=64)
-        >>> ast = AST(source=config, pretrained=False, max_frames=64)
+        >>> ast = AST(tiny_config("ast"), pretrained=False, max_frames=64)
         >>> ast.attach(BitFit(), "a", active=False)
         >>> ast.attach(BitFit(), "b", active=False)
         >>> with ast.routed({"a": torch.tensor([0, 2]), "b": torch.tensor([1])}):

@@ -25,28 +25,16 @@ class Wav2Vec2(WaveformEncoder):
     Arguments
     ---------
     source : str or transformers.Wav2Vec2Config
-        Hub id, ``save_pretrained`` folder, or (pretrained=False) a config.
-    pretrained : bool
-        Load the weights of ``source``; False builds random weights.
-    pooling : str or None
-        ``"mean"`` over real output frames (default) or None for tokens.
-    petl : PETLMethod, list or dict, optional
-        PETL methods to attach.
+        As :class:`~speechbrain_petl.backbones.waveform.WaveformEncoder`
+        (so are ``pretrained``, ``pooling``, ``petl`` and ``recompute``).
     normalize_waveform : bool
         Zero-mean, unit-variance per utterance over its real samples, as
         Wav2Vec2FeatureExtractor does for the base-960h checkpoint.
-    recompute : str, optional
-        None, ``"ffn"`` or ``"blocks"``: activations recomputed in the
-        backward pass instead of kept (see ``Backbone.recompute``).
 
     Example
     -------
-    >>> from transformers import Wav2Vec2Config
-    >>> config = Wav2Vec2Config(hidden_size=32, num_hidden_layers=2,
-    ...     num_attention_heads=2, intermediate_size=64, conv_dim=(16, 16),
-    ...     conv_kernel=(10, 3), conv_stride=(5, 2), num_feat_extract_layers=2,
-    ...     num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
-    >>> w2v2 = Wav2Vec2(source=config, pretrained=False)
+    >>> from speechbrain_petl.backbones import tiny_config
+    >>> w2v2 = Wav2Vec2(tiny_config("wav2vec2"), pretrained=False)
     >>> w2v2(torch.randn(2, 4000), torch.tensor([1.0, 0.6])).shape
     torch.Size([2, 32])
     """

@@ -13,13 +13,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from speechbrain_petl.backbones.base import Backbone
-from speechbrain_petl.backbones.blocks import (
-    FeedForward,
-    PostNormBlock,
-    PreNormBlock,
-    SelfAttention,
-)
-from speechbrain_petl.backbones.loading import describe_source, load_model
+from speechbrain_petl.backbones.blocks import PostNormBlock, PreNormBlock
 from speechbrain_petl.backbones.features import relative_to_absolute
 from speechbrain_petl.sites import NormSite, masked_fill_padding
 
@@ -47,8 +41,7 @@ class WaveformEncoder(Backbone):
         the checkpoint's ``Wav2Vec2FeatureExtractor`` does when its
         ``do_normalize`` is true).
     recompute : str, optional
-        None, ``"ffn"`` or ``"blocks"``: activations recomputed in the
-        backward pass instead of kept (see ``Backbone.recompute``).
+        What the backward pass recomputes (:attr:`Backbone.recompute`).
     """
 
     model_class = None
@@ -58,11 +51,8 @@ class WaveformEncoder(Backbone):
     def __init__(self, source, pretrained=True, pooling="mean", petl=None, normalize_waveform=True,
                  recompute=None):
         super().__init__(pooling=pooling, recompute=recompute)
-        model = load_model(self.model_class, self.config_class, source, pretrained)
+        model = self._load_transformers_model(self.model_class, self.config_class, source, pretrained)
         config = model.config
-        self.source = describe_source(source)
-        self.pretrained = pretrained
-        self.config = config
         self.hidden_size = config.hidden_size
         self.num_special_tokens = 0
         self.normalize_waveform = normalize_waveform
@@ -86,7 +76,6 @@ class WaveformEncoder(Backbone):
         else:
             self.input_norm = model.encoder.layer_norm
             self.final_norm = None
-        self._keep_hf_model(model)
         self._finish_init(petl)
 
     def _attention_bias(self, index, hf_layer):
@@ -217,27 +206,9 @@ def normalize(wavs, lengths=None, eps=1e-7):
 def restate_layer(layer, config, block, position_bias=None):
     """One transformers encoder layer (Wav2Vec2, HuBERT or WavLM naming) as
     a block with named sites, sharing its weights."""
-    att = layer.attention
-    attention = SelfAttention(
-        att.q_proj,
-        att.k_proj,
-        att.v_proj,
-        att.out_proj,
-        num_heads=config.num_attention_heads,
-        dropout=config.attention_dropout,
-        position_bias=position_bias,
-    )
-    ff = layer.feed_forward
-    mlp = FeedForward(
-        ff.intermediate_dense,
-        ff.output_dense,
-        ACT2FN[config.hidden_act],
-        dropout=config.activation_dropout,
-    )
-    return block(
-        attention,
-        mlp,
-        mhsa_norm=layer.layer_norm,
-        ffn_norm=layer.final_layer_norm,
-        dropout=config.hidden_dropout,
+    att, ff = layer.attention, layer.feed_forward
+    return block.around(
+        (att.q_proj, att.k_proj, att.v_proj, att.out_proj), (ff.intermediate_dense, ff.output_dense),
+        (layer.layer_norm, layer.final_layer_norm), ACT2FN[config.hidden_act], config.num_attention_heads,
+        (config.hidden_dropout, config.attention_dropout, config.activation_dropout), position_bias,
     )

@@ -36,28 +36,16 @@ class WavLM(WaveformEncoder):
     Arguments
     ---------
     source : str or transformers.WavLMConfig
-        Hub id, ``save_pretrained`` folder, or (pretrained=False) a config.
-    pretrained : bool
-        Load the weights of ``source``; False builds random weights.
-    pooling : str or None
-        ``"mean"`` over real output frames (default) or None for tokens.
-    petl : PETLMethod, list or dict, optional
-        PETL methods to attach.
+        As :class:`~speechbrain_petl.backbones.waveform.WaveformEncoder`
+        (so are ``pretrained``, ``pooling``, ``petl`` and ``recompute``).
     normalize_waveform : bool
         Per-utterance zero mean, unit variance. Off by default, as
         ``wavlm-base-plus``'s feature extractor (``do_normalize: false``).
-    recompute : str, optional
-        None, ``"ffn"`` or ``"blocks"``: activations recomputed in the
-        backward pass instead of kept (see ``Backbone.recompute``).
 
     Example
     -------
-    >>> from transformers import WavLMConfig
-    >>> config = WavLMConfig(hidden_size=32, num_hidden_layers=2,
-    ...     num_attention_heads=2, intermediate_size=64, conv_dim=(16, 16),
-    ...     conv_kernel=(10, 3), conv_stride=(5, 2), num_feat_extract_layers=2,
-    ...     num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
-    >>> wavlm = WavLM(source=config, pretrained=False)
+    >>> from speechbrain_petl.backbones import tiny_config
+    >>> wavlm = WavLM(tiny_config("wavlm"), pretrained=False)
     >>> wavlm(torch.randn(2, 4000), torch.tensor([1.0, 0.6])).shape
     torch.Size([2, 32])
     """

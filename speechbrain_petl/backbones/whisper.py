@@ -8,8 +8,7 @@ from transformers.activations import ACT2FN
 from transformers.audio_utils import mel_filter_bank
 
 from speechbrain_petl.backbones.base import Backbone
-from speechbrain_petl.backbones.blocks import FeedForward, PreNormBlock, SelfAttention
-from speechbrain_petl.backbones.loading import describe_source, load_model
+from speechbrain_petl.backbones.blocks import PreNormBlock
 from speechbrain_petl.backbones.features import relative_to_absolute
 from speechbrain_petl.sites import NormSite
 
@@ -45,26 +44,16 @@ class WhisperEncoder(Backbone):
     source : str or transformers.WhisperConfig
         Hub id, ``save_pretrained`` folder of a ``WhisperModel`` (or
         ``WhisperForConditionalGeneration``), or (pretrained=False) a config.
-    pretrained : bool
-        Load the weights of ``source``; False builds random weights.
-    pooling : str or None
-        ``"mean"`` over real output tokens (default) or None for tokens.
-    petl : PETLMethod, list or dict, optional
-        PETL methods to attach.
+    pretrained, pooling, petl, recompute
+        As for :class:`~speechbrain_petl.backbones.waveform.WaveformEncoder`
+        (``pooling: "mean"`` averages the real output tokens).
     crop_positions : bool
         See above.
-    recompute : str, optional
-        None, ``"ffn"`` or ``"blocks"``: activations recomputed in the
-        backward pass instead of kept (see ``Backbone.recompute``).
 
     Example
     -------
-    >>> from transformers import WhisperConfig
-    >>> config = WhisperConfig(d_model=32, encoder_layers=2, encoder_attention_heads=2,
-    ...     encoder_ffn_dim=64, decoder_layers=1, decoder_attention_heads=2,
-    ...     decoder_ffn_dim=64, vocab_size=16, pad_token_id=0, bos_token_id=1,
-    ...     eos_token_id=2, decoder_start_token_id=3, num_mel_bins=16, max_source_positions=100)
-    >>> whisper = WhisperEncoder(source=config, pretrained=False)
+    >>> from speechbrain_petl.backbones import tiny_config
+    >>> whisper = WhisperEncoder(tiny_config("whisper"), pretrained=False)
     >>> whisper(torch.randn(2, 8000), torch.tensor([1.0, 0.6])).shape
     torch.Size([2, 32])
     """
@@ -75,12 +64,9 @@ class WhisperEncoder(Backbone):
     def __init__(self, source=DEFAULT_WHISPER, pretrained=True, pooling="mean", petl=None, crop_positions=True,
                  recompute=None):
         super().__init__(pooling=pooling, recompute=recompute)
-        model = load_model(WhisperModel, WhisperConfig, source, pretrained)
+        model = self._load_transformers_model(WhisperModel, WhisperConfig, source, pretrained)
         config = model.config
         encoder = model.encoder
-        self.source = describe_source(source)
-        self.pretrained = pretrained
-        self.config = config
         self.hidden_size = config.d_model
         self.num_special_tokens = 0
         self.crop_positions = crop_positions
@@ -92,7 +78,6 @@ class WhisperEncoder(Backbone):
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList([_restate_layer(layer, config) for layer in encoder.layers])
         self.final_norm = NormSite(encoder.layer_norm)
-        self._keep_hf_model(model)
         self._finish_init(petl)
 
     def embed(self, wavs, wav_lens=None, augment=None):
@@ -224,19 +209,8 @@ class WhisperLogMel(nn.Module):
 
 def _restate_layer(layer, config):
     att = layer.self_attn
-    attention = SelfAttention(
-        att.q_proj,
-        att.k_proj,
-        att.v_proj,
-        att.out_proj,
-        num_heads=config.encoder_attention_heads,
-        dropout=config.attention_dropout,
-    )
-    mlp = FeedForward(layer.fc1, layer.fc2, ACT2FN[config.activation_function], dropout=config.activation_dropout)
-    return PreNormBlock(
-        attention,
-        mlp,
-        mhsa_norm=layer.self_attn_layer_norm,
-        ffn_norm=layer.final_layer_norm,
-        dropout=config.dropout,
+    return PreNormBlock.around(
+        (att.q_proj, att.k_proj, att.v_proj, att.out_proj), (layer.fc1, layer.fc2),
+        (layer.self_attn_layer_norm, layer.final_layer_norm), ACT2FN[config.activation_function],
+        config.encoder_attention_heads, (config.dropout, config.attention_dropout, config.activation_dropout),
     )

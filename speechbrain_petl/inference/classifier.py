@@ -19,7 +19,14 @@ import torch
 from speechbrain.inference.classifiers import EncoderClassifier
 
 from speechbrain_petl.data.audio import read_clip
-from speechbrain_petl.inference.folder import PassThrough, check_folder, head_outputs, label_encoder, output_labels
+from speechbrain_petl.inference.folder import (
+    InferenceFolder,
+    PassThrough,
+    check_folder,
+    head_outputs,
+    label_encoder,
+    output_labels,
+)
 from speechbrain_petl.studies.runs import load_run
 
 
@@ -43,10 +50,8 @@ class AudioClassifier(EncoderClassifier):
 
     Example
     -------
-    >>> from transformers import ASTConfig
-    >>> from speechbrain_petl.backbones import AST
-    >>> config = ASTConfig(hidden_size=32, num_hidden_layers=1,
-    ...     num_attention_heads=2, intermediate_size=64, max_length=64)
+    >>> from speechbrain_petl.backbones import AST, tiny_config
+    >>> config = tiny_config("ast", num_hidden_layers=1)
     >>> classifier = AudioClassifier.from_modules(
     ...     AST(config, pretrained=False, max_frames=64), torch.nn.Linear(32, 2),
     ...     label_encoder(["dog", "rain"]))
@@ -80,10 +85,16 @@ class AudioClassifier(EncoderClassifier):
     @classmethod
     def from_hparams(cls, source, hparams_file="hyperparams.yaml", **kwargs):
         """Loads an inference folder (a local folder, or a model repo id
-        where a hub is reachable). A local folder is checked first: a missing
-        file is named."""
+        where a hub is reachable) through SpeechBrain's ``from_hparams``,
+        as the stock interfaces do. A local folder is read first by
+        :class:`~speechbrain_petl.inference.folder.InferenceFolder` (the
+        reader ``MultiTaskClassifier`` uses): a missing file or a yaml that
+        is not an inference folder's is named before anything is built."""
         if os.path.exists(str(source)):
-            check_folder(source, hparams_file)
+            if hparams_file == "hyperparams.yaml":
+                InferenceFolder.read(source)
+            else:
+                check_folder(source, hparams_file)
         return super().from_hparams(source, hparams_file=hparams_file, **kwargs)
 
     @classmethod

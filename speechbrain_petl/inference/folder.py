@@ -178,13 +178,10 @@ class InferenceFolder:
 
     Example
     -------
-    >>> from transformers import ASTConfig
-    >>> from speechbrain_petl.backbones import AST
+    >>> from speechbrain_petl.backbones import AST, tiny_config
     >>> from speechbrain_petl.methods import LoRA
     >>> tmp = getfixture("tmp_path")
-    >>> config = ASTConfig(hidden_size=32, num_hidden_layers=1,
-    ...     num_attention_heads=2, intermediate_size=64, max_length=64)
-    >>> AST(config, pretrained=False, max_frames=64).save_pretrained(tmp / "ast")
+    >>> AST(tiny_config("ast", num_hidden_layers=1), pretrained=False, max_frames=64).save_pretrained(tmp / "ast")
     >>> lobe = AST(str(tmp / "ast"), max_frames=64, petl=LoRA(rank=2))
     >>> _ = write_inference_folder(tmp / "task", lobe, torch.nn.Linear(32, 2), label_encoder(["no", "yes"]))
     >>> folder = InferenceFolder.read(tmp / "task")
@@ -255,7 +252,8 @@ class InferenceFolder:
         return head
 
     def trained_state(self):
-        """``embedding_model.ckpt``: ``{"fingerprint": ..., "state": ...}``."""
+        """The trained state in ``embedding_model.ckpt``: a dict of the
+        backbone's ``fingerprint`` and the methods' ``state`` tensors."""
         path = self.path / "embedding_model.ckpt"
         trained = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(trained, dict) or set(trained) != {"fingerprint", "state"}:
@@ -532,7 +530,7 @@ def model_card(backbone, head, labels, fingerprint, backbone_source, card, folde
     )
     sizes = {p.name: p.stat().st_size for p in sorted(pathlib.Path(folder).iterdir())}
     source = backbone_source or fingerprint["source"]
-    full = any(type(m).__name__ == "FullFineTuning" for m in backbone.petl.values())
+    full = any(m.trains_backbone_weights for m in backbone.petl.values())
     lines = [
         f"# {card.get('title') or 'PETL audio classifier'}",
         "",

@@ -36,7 +36,6 @@ import torch
 from speechbrain_petl.backbones import Backbone
 from speechbrain_petl.data.audio import read_clip
 from speechbrain_petl.inference.folder import InferenceFolder
-from speechbrain_petl.methods import FullFineTuning
 
 
 class Task:
@@ -91,14 +90,11 @@ class MultiTaskClassifier(torch.nn.Module):
     Example
     -------
     >>> import pathlib
-    >>> from transformers import ASTConfig
-    >>> from speechbrain_petl.backbones import AST
+    >>> from speechbrain_petl.backbones import AST, tiny_config
     >>> from speechbrain_petl.methods import BitFit, LoRA
     >>> from speechbrain_petl.inference.folder import label_encoder, write_inference_folder
     >>> tmp = getfixture("tmp_path")
-    >>> config = ASTConfig(hidden_size=32, num_hidden_layers=2,
-    ...     num_attention_heads=2, intermediate_size=64, max_length=64)
-    >>> AST(config, pretrained=False, max_frames=64).save_pretrained(tmp / "ast")
+    >>> AST(tiny_config("ast"), pretrained=False, max_frames=64).save_pretrained(tmp / "ast")
     >>> for name, method in [("dogs", LoRA(rank=2)), ("rain", BitFit())]:
     ...     lobe = AST(str(tmp / "ast"), max_frames=64, petl=method)
     ...     _ = write_inference_folder(tmp / name, lobe, torch.nn.Linear(32, 2), label_encoder(["no", "yes"]))
@@ -317,7 +313,7 @@ def _share_frozen_tensors(first, lobe, folder):
             continue
         if torch.equal(other, param):
             owner_path, _, leaf = name.rpartition(".")
-            lobe.get_submodule(owner_path)._parameters[leaf] = other
+            setattr(lobe.get_submodule(owner_path), leaf, other)
 
 
 def _attach_task(name, folder, lobe):
@@ -328,7 +324,7 @@ def _attach_task(name, folder, lobe):
     state = trained["state"]
     outside = sorted(key for key in state if not key.startswith("petl."))
     methods = folder.methods()
-    if outside or any(isinstance(m, FullFineTuning) for m in methods.values()):
+    if outside or any(m.trains_backbone_weights for m in methods.values()):
         raise ValueError(
             f"{folder.path} is full fine-tuning: its task changes the backbone's own weights, "
             "so it cannot share a backbone. Load it alone with AudioClassifier.from_hparams."

@@ -58,12 +58,9 @@ def summarize(modules):
     Example
     -------
     >>> import torch
-    >>> from transformers import ASTConfig
-    >>> from speechbrain_petl.backbones import AST
+    >>> from speechbrain_petl.backbones import AST, tiny_config
     >>> from speechbrain_petl.methods import LoRA
-    >>> config = ASTConfig(hidden_size=32, num_hidden_layers=2,
-    ...     num_attention_heads=2, intermediate_size=64, max_length=64)
-    >>> ast = AST(config, pretrained=False, max_frames=64, petl=LoRA(rank=2))
+    >>> ast = AST(tiny_config("ast"), pretrained=False, max_frames=64, petl=LoRA(rank=2))
     >>> summary = summarize({"backbone": ast, "classifier": torch.nn.Linear(32, 5)})
     >>> summary["petl"], summary["head"]
     (512, 165)

@@ -125,32 +125,21 @@ def load_runs(roots, notes=None):
 
 def run_kind(run, record, folder):
     """(dataset, method, note) of a run: from its ``params.json`` record,
-    else from its ``run.json``; a run made before they were recorded gets
-    them from its yaml's name (``<method>_<suffix>.yaml``), and the note
-    says so. (None, None, note) when nothing tells.
+    else from its ``run.json``; (None, None, note) when neither records them.
 
     Example
     -------
     >>> run_kind({"yaml": "x"}, {"dataset": "ESC50", "method": "lora"}, "f")
     ('ESC50', 'lora', None)
-    >>> run_kind({"yaml": "lora_esc50"}, None, "f")[:2]
-    ('ESC50', 'lora')
     >>> run_kind({"yaml": "my_run"}, None, "f")[2]
-    "Skipped f: neither its params.json nor its run.json records a dataset and a method, and its yaml's name 'my_run' is no recipe's (<method>_<suffix>.yaml)"
+    'Skipped f: neither its params.json nor its run.json records a dataset and a method (yaml my_run)'
     """
     for source in (record or {}, run):
         if source.get("dataset") and source.get("method"):
             return source["dataset"], source["method"], None
-    for dataset, suffix in SUFFIXES.items():
-        if run["yaml"].endswith("_" + suffix):
-            method = run["yaml"][: -len(suffix) - 1]
-            return dataset, method, (
-                f"{folder}: dataset {dataset} and method {method} inferred from its yaml's name "
-                f"{run['yaml']!r} (the run predates their record in params.json and run.json)"
-            )
     return None, None, (
-        f"Skipped {folder}: neither its params.json nor its run.json records a dataset and a method, "
-        f"and its yaml's name {run['yaml']!r} is no recipe's (<method>_<suffix>.yaml)"
+        f"Skipped {folder}: neither its params.json nor its run.json records a dataset and a method "
+        f"(yaml {run['yaml']})"
     )
 
 

@@ -118,11 +118,8 @@ class ClassificationBrain(sb.Brain):
 
     Example
     -------
-    >>> from transformers import ASTConfig
-    >>> from speechbrain_petl.backbones import AST
-    >>> config = ASTConfig(hidden_size=32, num_hidden_layers=2,
-    ...     num_attention_heads=2, intermediate_size=64, max_length=64)
-    >>> lobe = AST(config, pretrained=False, max_frames=64)
+    >>> from speechbrain_petl.backbones import AST, tiny_config
+    >>> lobe = AST(tiny_config("ast"), pretrained=False, max_frames=64)
     >>> brain = ClassificationBrain(
     ...     modules={"backbone": lobe, "classifier": torch.nn.Linear(lobe.hidden_size, 2)},
     ...     opt_class=lambda params: torch.optim.AdamW(params, lr=0.01),

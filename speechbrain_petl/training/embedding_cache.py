@@ -56,12 +56,9 @@ class EmbeddingCache:
 
     Example
     -------
-    >>> from transformers import ASTConfig
-    >>> from speechbrain_petl.backbones import AST
+    >>> from speechbrain_petl.backbones import AST, tiny_config
     >>> from speechbrain_petl.methods import LinearProbing
-    >>> config = ASTConfig(hidden_size=32, num_hidden_layers=2,
-    ...     num_attention_heads=2, intermediate_size=64, max_length=64)
-    >>> ast = AST(config, pretrained=False, max_frames=64, petl=LinearProbing())
+    >>> ast = AST(tiny_config("ast"), pretrained=False, max_frames=64, petl=LinearProbing())
     >>> wavs = torch.randn(2, 8000)
     >>> plain = ast(wavs)
     >>> cache = EmbeddingCache().enable(ast)

@@ -98,12 +98,9 @@ def start_record(output_folder, modules, dataset, method):
 
     Example
     -------
-    >>> from transformers import ASTConfig
-    >>> from speechbrain_petl.backbones import AST
+    >>> from speechbrain_petl.backbones import AST, tiny_config
     >>> from speechbrain_petl.studies.run_record import read_record
-    >>> config = ASTConfig(hidden_size=32, num_hidden_layers=2,
-    ...     num_attention_heads=2, intermediate_size=64, max_length=64)
-    >>> modules = {"backbone": AST(config, pretrained=False, max_frames=64),
+    >>> modules = {"backbone": AST(tiny_config("ast"), pretrained=False, max_frames=64),
     ...            "classifier": torch.nn.Linear(32, 2)}
     >>> folder = getfixture("tmp_path")
     >>> start_record(folder, modules, "ESC50", "linear")
