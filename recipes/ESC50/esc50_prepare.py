@@ -8,41 +8,36 @@ extracted ``ESC-50-master``)::
     meta/esc50.csv               filename,fold,target,category,esc10,
                                  src_file,take
 
-Splits of the 5 pre-defined folds, for test fold ``k``:
+Test fold ``k`` is one of the 5 pre-defined folds
+(:func:`speechbrain_petl.data.folds.fold_splits`):
 
 * ``protocol="rotation"`` (as in the ESC-50 paper's cross-validation):
-  test = fold k, valid = fold (k mod 5) + 1, train = the 3 other folds;
-* ``protocol="official"``: train = the 4 other folds, test = fold k. There is
-  no validation fold: ``valid.csv`` is written identical to ``test.csv`` (a
-  warning says so), so validation scores are test scores.
+  valid = fold (k mod 5) + 1, train = the 3 other folds;
+* ``protocol="official"``: train = the 4 other folds; no validation fold,
+  ``valid.csv`` is a copy of ``test.csv``.
 
 Writes ``train.csv``, ``valid.csv`` and ``test.csv`` to ``save_folder`` with
 columns ``ID, duration, wav, label, target, fold`` (``label`` is the category
-name, ``target`` its index 0-49). Nothing is written inside ``data_folder``.
-Clips stay at 44.1 kHz on disk; the data pipeline resamples when loading.
-
-Few-shot training sets (the PETL paper's Table 2): with ``few_shot=N``,
-``train.csv`` keeps N clips per class, by default the first N in the order
-of ``meta/esc50.csv``; ``valid.csv`` and ``test.csv`` are unchanged.
+name, ``target`` its index 0-49). Clips stay at 44.1 kHz on disk; the data
+pipeline resamples when loading. With ``few_shot=N``, ``train.csv`` keeps N
+clips per class, by default the first N in the order of ``meta/esc50.csv``.
 
 Example
 -------
 >>> from esc50_prepare import prepare_esc50
 >>> prepare_esc50("/data/ESC-50-master", "results/esc50/save", fold=1)
 ... # doctest: +SKIP
+>>> prepare_esc50("/data/ESC-50-master", "results/esc50_8shot/save",
+...               fold=2, protocol="official", few_shot=8)  # doctest: +SKIP
 """
 
-import csv
 import logging
 import os
 import re
 
 from speechbrain_petl.data import (
-    assign_folds,
-    fold_splits,
-    prepare_split_manifests,
-    require_file,
-    require_folder,
+    prepare_fold_manifests, protocol_fold_splits, read_fold_metadata,
+    require_file, require_folder,
 )
 
 logger = logging.getLogger(__name__)
@@ -51,16 +46,18 @@ logger = logging.getLogger(__name__)
 # an older version of this script are never reused.
 PREP_VERSION = 1
 
-FOLDS = (1, 2, 3, 4, 5)
-PROTOCOLS = ("rotation", "official")
-META_COLUMNS = ("filename", "fold", "target", "category", "esc10",
-                "src_file", "take")
-FIELDNAMES = ("ID", "duration", "wav", "label", "target", "fold")
 DATASET = "ESC-50"
 LAYOUT_HINT = (
     "is data_folder the root of the ESC-50 release (containing audio/ and "
     "meta/)?"
 )
+FOLDS = (1, 2, 3, 4, 5)
+# Protocol -> whether it validates on a fold of its own.
+SEPARATE_VALID = {"rotation": True, "official": False}
+PROTOCOLS = tuple(SEPARATE_VALID)
+FIELDNAMES = ("ID", "duration", "wav", "label", "target", "fold")
+META_COLUMNS = ("filename", "fold", "target", "category", "esc10",
+                "src_file", "take")
 # <fold>-<source file>-<take>-<target>.wav
 FILENAME = re.compile(r"^(\d+)-([^-]+)-([^-]+)-(\d+)\.wav$")
 
@@ -71,14 +68,14 @@ def split_folds(fold, protocol):
     Arguments
     ---------
     fold : int
-        Test fold, 1 to 5.
+        Test fold, 1 to 5 (each fold holds 400 clips, 8 per class).
     protocol : str
         ``"rotation"`` or ``"official"`` (see the module's docstring).
 
     Returns
     -------
     dict
-        ``{"train": [...], "valid": [...], "test": [...]}``.
+        The folds of ``"train"``, ``"valid"`` and ``"test"``.
 
     Example
     -------
@@ -87,33 +84,19 @@ def split_folds(fold, protocol):
     >>> split_folds(2, "official")
     {'train': [1, 3, 4, 5], 'valid': [2], 'test': [2]}
     """
-    if protocol not in PROTOCOLS:
-        raise ValueError(
-            f"{DATASET}: protocol must be one of {PROTOCOLS}, got "
-            f"{protocol!r}"
-        )
-    return fold_splits(fold, 5, protocol == "rotation", DATASET)
+    return protocol_fold_splits(
+        fold, protocol, SEPARATE_VALID, len(FOLDS), DATASET
+    )
 
 
 def prepare_esc50(
-    data_folder,
-    save_folder,
-    fold=1,
-    protocol="rotation",
-    max_bad_fraction=0.01,
-    skip_prep=False,
-    few_shot=None,
-    few_shot_sampling="first",
-    few_shot_seed=0,
+    data_folder, save_folder, fold=1, protocol="rotation",
+    max_bad_fraction=0.01, skip_prep=False, few_shot=None,
+    few_shot_sampling="first", few_shot_seed=0,
 ):
-    """Writes the train/valid/test manifests of ESC-50 for one test fold.
-
-    Skipped when ``save_folder`` already holds the three manifests of a
-    preparation with the same settings (data folder, fold, protocol,
-    ``max_bad_fraction``, few-shot options, script version). Every clip is
-    decoded once; unusable clips are dropped and listed in
-    ``<save_folder>/bad_clips.log``. With ``few_shot``, the training split
-    is then cut down to ``few_shot`` clips per class.
+    """Writes the train/valid/test manifests of ESC-50 for one test fold,
+    decoding every clip once (the steps and the skip when nothing changed:
+    :mod:`speechbrain_petl.data.prepare`).
 
     Arguments
     ---------
@@ -125,45 +108,29 @@ def prepare_esc50(
         Test fold, 1 to 5.
     protocol : str
         ``"rotation"`` or ``"official"``.
-    max_bad_fraction : float
-        Largest tolerated fraction of unusable clips before giving up.
-    skip_prep : bool
-        If True, does nothing.
-    few_shot : int, optional
-        If given, ``train.csv`` keeps only this many clips per class (the
-        PETL paper's few-shot training sets, Table 2); a class with fewer
-        keeps all of its clips, with a warning. ``valid.csv`` and
-        ``test.csv`` are unaffected. None (default): every training clip.
-    few_shot_sampling : str
-        ``"first"`` (default, the paper's choice): the first ``few_shot``
-        clips of each class in the order of ``meta/esc50.csv``, after
-        dropping unusable clips; ``"random"``: ``few_shot`` clips per class
-        drawn with ``few_shot_seed``.
-    few_shot_seed : int
-        Seed of ``few_shot_sampling="random"`` (unused otherwise).
+    max_bad_fraction, skip_prep, few_shot, few_shot_sampling, few_shot_seed
+        As for every preparation: see :mod:`speechbrain_petl.data.prepare`.
+        ``few_shot`` counts clips per class; ``"first"`` takes those listed
+        first in ``meta/esc50.csv``.
 
     Raises
     ------
     ValueError
-        Bad ``fold``/``protocol``/few-shot option, or inconsistent metadata.
+        Bad ``fold``/``protocol``, or inconsistent metadata.
     FileNotFoundError
         ``meta/esc50.csv``, ``audio/`` or a listed clip is missing.
-    RuntimeError
-        More than ``max_bad_fraction`` of the clips are unusable.
     """
     if skip_prep:
         logger.info("skip_prep=True: not preparing ESC-50")
         return
     folds = split_folds(fold, protocol)
-    prepare_split_manifests(
-        data_folder, save_folder,
-        {"dataset": "esc50", "fold": int(fold), "protocol": protocol,
-         "version": PREP_VERSION},
-        _check_layout, lambda layout: assign_folds(_read_meta(*layout), folds),
+    settings = {"dataset": "esc50", "fold": int(fold), "protocol": protocol,
+                "version": PREP_VERSION}
+    prepare_fold_manifests(
+        data_folder, save_folder, settings, folds, _check_layout, _read_meta,
         FIELDNAMES, DATASET, max_bad_fraction=max_bad_fraction,
         few_shot=few_shot, few_shot_sampling=few_shot_sampling,
         few_shot_seed=few_shot_seed,
-        split_notes={split: f"folds {folds[split]}" for split in folds},
     )
 
 
@@ -179,36 +146,12 @@ def _check_layout(data_folder):
     return meta, audio
 
 
-def _read_meta(meta, audio):
+def _read_meta(layout):
     """One manifest row (without duration) per line of meta/esc50.csv."""
-    with open(meta, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        missing = [c for c in META_COLUMNS if c not in header]
-        if missing:
-            raise ValueError(
-                f"{DATASET}: {meta} lacks column(s) {missing}; expected the "
-                f"header {','.join(META_COLUMNS)}"
-            )
-        lines = list(reader)
-    if not lines:
-        raise ValueError(f"{DATASET}: {meta} lists no clips")
+    meta, audio = layout
 
-    rows, missing_files, seen, category_of = [], [], set(), {}
-    for number, line in enumerate(lines, start=2):
-        name = line["filename"]
-        where = f"{DATASET}: {meta} line {number} ({name})"
-        try:
-            fold, target = int(line["fold"]), int(line["target"])
-        except ValueError:
-            raise ValueError(
-                f"{where}: fold and target must be integers"
-            ) from None
-        if fold not in FOLDS or not 0 <= target <= 49:
-            raise ValueError(
-                f"{where}: fold {fold} / target {target} out of range "
-                "(folds 1-5, targets 0-49)"
-            )
+    def wav_of(name, fold, target, where):
+        """The clip's path, once its name is checked against its line."""
         match = FILENAME.match(name)
         if not match or (int(match[1]), int(match[4])) != (fold, target):
             raise ValueError(
@@ -216,37 +159,24 @@ def _read_meta(meta, audio):
                 f"<fold>-<src_file>-<take>-<target>.wav with fold {fold} and "
                 f"target {target}"
             )
-        if name in seen:
-            raise ValueError(f"{where}: listed twice")
-        category = category_of.setdefault(target, line["category"])
-        if line["category"] != category:
-            raise ValueError(
-                f"{where}: target {target} is {line['category']!r} here but "
-                f"{category!r} on an earlier line"
-            )
-        seen.add(name)
-        wav = os.path.join(audio, name)
-        if not os.path.isfile(wav):
-            missing_files.append(wav)
-        rows.append(
-            {
-                "ID": os.path.splitext(name)[0],
-                "wav": wav,
-                "label": line["category"],
-                "target": target,
-                "fold": fold,
-            }
-        )
+        return os.path.join(audio, name)
+
+    rows = read_fold_metadata(
+        meta, DATASET, META_COLUMNS, ("filename", "target", "category"),
+        len(FOLDS), 50, wav_of,
+    )
+    missing_files = [r["wav"] for r in rows if not os.path.isfile(r["wav"])]
     if missing_files:
         raise FileNotFoundError(
             f"{DATASET}: {len(missing_files)} clip(s) listed in {meta} are "
             f"missing from {audio}, e.g. {', '.join(missing_files[:3])}; is "
             "the extracted dataset complete?"
         )
+    listed = {row["wav"] for row in rows}
     unlisted = sorted(
         n
         for n in os.listdir(audio)
-        if n.lower().endswith(".wav") and n not in seen
+        if n.lower().endswith(".wav") and os.path.join(audio, n) not in listed
     )
     if unlisted:
         logger.warning(

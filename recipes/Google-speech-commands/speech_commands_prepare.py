@@ -13,18 +13,16 @@ clip is in the training split. Clips are 16 kHz mono, at most 1 s long.
 
 Writes ``train.csv``, ``valid.csv`` and ``test.csv`` to ``save_folder`` with
 columns ``ID, duration, wav, label, speaker`` (the speaker is the part of the
-file name before ``_nohash_``). Nothing is written inside ``data_folder``.
-
-Few-shot training sets (the PETL paper's Table 2): with ``few_shot=N``,
-``train.csv`` keeps N clips per word, by default the first N training clips
-of the word's folder in file-name order; ``valid.csv`` and ``test.csv`` are
-unchanged.
+file name before ``_nohash_``). With ``few_shot=N``, ``train.csv`` keeps N
+clips per word, by default the first N training clips of the word's folder
+in file-name order.
 
 Example
 -------
 >>> from speech_commands_prepare import prepare_speech_commands
 >>> prepare_speech_commands(
-...     "/data/speech_commands_v0.02", "results/speech_commands/save"
+...     "/data/speech_commands_v0.02", "results/speech_commands/save",
+...     few_shot=32,  # 32 training clips per word
 ... )  # doctest: +SKIP
 """
 
@@ -32,9 +30,7 @@ import logging
 import os
 
 from speechbrain_petl.data import (
-    prepare_split_manifests,
-    require_file,
-    require_folder,
+    prepare_split_manifests, require_file, require_folder,
 )
 
 logger = logging.getLogger(__name__)
@@ -63,22 +59,13 @@ LAYOUT_HINT = (
 
 
 def prepare_speech_commands(
-    data_folder,
-    save_folder,
-    max_bad_fraction=0.01,
-    skip_prep=False,
-    few_shot=None,
-    few_shot_sampling="first",
-    few_shot_seed=0,
+    data_folder, save_folder, max_bad_fraction=0.01, skip_prep=False,
+    few_shot=None, few_shot_sampling="first", few_shot_seed=0,
 ):
     """Writes the train/valid/test manifests of Speech Commands v0.02.
 
-    Skipped when ``save_folder`` already holds the three manifests of a
-    preparation with the same settings (data folder, ``max_bad_fraction``,
-    few-shot options, script version). Every clip is decoded once; unusable
-    clips are dropped and listed in ``<save_folder>/bad_clips.log``. With
-    ``few_shot``, the training split is then cut down to ``few_shot`` clips
-    per word.
+    Every word clip is decoded once (the steps, and the skip when nothing
+    changed: :mod:`speechbrain_petl.data.prepare`).
 
     Arguments
     ---------
@@ -86,32 +73,18 @@ def prepare_speech_commands(
         Root of the extracted dataset (see the module's docstring).
     save_folder : str
         Where the manifests are written (never inside ``data_folder``).
-    max_bad_fraction : float
-        Largest tolerated fraction of unusable clips before giving up.
-    skip_prep : bool
-        If True, does nothing.
-    few_shot : int, optional
-        If given, ``train.csv`` keeps only this many clips per word (the
-        PETL paper's few-shot training sets, Table 2); a word with fewer
-        keeps all of its clips, with a warning. ``valid.csv`` and
-        ``test.csv`` are unaffected. None (default): every training clip.
-    few_shot_sampling : str
-        ``"first"`` (default, the paper's choice): the first ``few_shot``
-        training clips of each word in file-name order, after dropping
-        unusable clips; ``"random"``: ``few_shot`` clips per word drawn with
-        ``few_shot_seed``.
-    few_shot_seed : int
-        Seed of ``few_shot_sampling="random"`` (unused otherwise).
+    max_bad_fraction, skip_prep, few_shot, few_shot_sampling, few_shot_seed
+        As for every preparation: see :mod:`speechbrain_petl.data.prepare`.
+        Few-shot sets keep ``few_shot`` clips per word; the ``"first"`` ones
+        are the word folder's first training clips by file name.
 
     Raises
     ------
     FileNotFoundError
         A list file, a word folder or a listed clip is missing.
     ValueError
-        A list entry is malformed or in both lists, a file name has no
-        ``_nohash_`` part, or a few-shot option is bad.
-    RuntimeError
-        More than ``max_bad_fraction`` of the clips are unusable.
+        A list entry is malformed or in both lists, or a file name has no
+        ``_nohash_`` part.
     """
     if skip_prep:
         logger.info("skip_prep=True: not preparing Speech Commands")

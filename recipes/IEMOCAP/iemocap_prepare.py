@@ -34,12 +34,9 @@ female utterances, test = its male ones; even ``k``: the reverse. Train = the
 Writes ``train.csv``, ``valid.csv`` and ``test.csv`` to ``save_folder`` with
 columns ``ID, duration, wav, label, session, gender, dialog`` (``ID`` is the
 utterance name, ``label`` one of the 4 classes, ``session`` 1-5, ``gender``
-F or M). Nothing is written inside ``data_folder``.
-
-Few-shot training sets (the PETL paper's Table 2): with ``few_shot=N``,
-``train.csv`` keeps N utterances per class, by default the first N in
-session, EmoEvaluation file (sorted by name) and line order;
-``valid.csv`` and ``test.csv`` are unchanged.
+F or M). With ``few_shot=N``, ``train.csv`` keeps N utterances per class, by
+default the first N in session, EmoEvaluation file (sorted by name) and line
+order.
 
 Example
 -------
@@ -54,10 +51,7 @@ import numbers
 import os
 import re
 
-from speechbrain_petl.data import (
-    prepare_split_manifests,
-    require_folder,
-)
+from speechbrain_petl.data import prepare_split_manifests, require_folder
 
 logger = logging.getLogger(__name__)
 
@@ -202,24 +196,14 @@ def parse_emo_evaluation(path):
 
 
 def prepare_iemocap(
-    data_folder,
-    save_folder,
-    fold=1,
-    max_bad_fraction=0.01,
-    skip_prep=False,
-    few_shot=None,
-    few_shot_sampling="first",
-    few_shot_seed=0,
+    data_folder, save_folder, fold=1, max_bad_fraction=0.01, skip_prep=False,
+    few_shot=None, few_shot_sampling="first", few_shot_seed=0,
 ):
     """Writes the train/valid/test manifests of 4-class IEMOCAP for one fold.
 
-    Skipped when ``save_folder`` already holds the three manifests of a
-    preparation with the same settings (data folder, fold,
-    ``max_bad_fraction``, few-shot options, script version). Every kept
-    utterance is decoded once; unusable ones are dropped and listed in
-    ``<save_folder>/bad_clips.log``. On the full release the three manifests
-    hold 5,531 utterances together. With ``few_shot``, the training split is
-    then cut down to ``few_shot`` utterances per class.
+    Every kept utterance is decoded once (the steps, and the skip when
+    nothing changed: :mod:`speechbrain_petl.data.prepare`). On the full
+    release the three manifests hold 5,531 utterances together.
 
     Arguments
     ---------
@@ -230,34 +214,19 @@ def prepare_iemocap(
     fold : int
         1 to 10: held-out session ``(fold + 1) // 2``; odd folds validate on
         its female and test on its male utterances, even folds the reverse.
-    max_bad_fraction : float
-        Largest tolerated fraction of unusable clips before giving up.
-    skip_prep : bool
-        If True, does nothing.
-    few_shot : int, optional
-        If given, ``train.csv`` keeps only this many utterances per class
-        (the PETL paper's few-shot training sets, Table 2); a class with
-        fewer keeps all of its utterances, with a warning. ``valid.csv`` and
-        ``test.csv`` are unaffected. None (default): every training
-        utterance.
-    few_shot_sampling : str
-        ``"first"`` (default, the paper's choice): the first ``few_shot``
-        utterances of each class in session, EmoEvaluation file (sorted by
-        name) and line order, after dropping unusable ones; ``"random"``:
-        ``few_shot`` utterances per class drawn with ``few_shot_seed``.
-    few_shot_seed : int
-        Seed of ``few_shot_sampling="random"`` (unused otherwise).
+    max_bad_fraction, skip_prep, few_shot, few_shot_sampling, few_shot_seed
+        As for every preparation: see :mod:`speechbrain_petl.data.prepare`.
+        ``few_shot`` utterances per class; ``"first"`` takes them in
+        session, EmoEvaluation file (sorted by name) and line order.
 
     Raises
     ------
     ValueError
-        Bad ``fold`` or few-shot option, malformed label line or utterance
-        name, an utterance labelled twice.
+        Bad ``fold``, malformed label line or utterance name, an utterance
+        labelled twice.
     FileNotFoundError
         No ``Session<k>/dialog/EmoEvaluation/`` or ``Session<k>/sentences/
         wav/``, or a kept utterance's wav is missing.
-    RuntimeError
-        More than ``max_bad_fraction`` of the clips are unusable.
     """
     if skip_prep:
         logger.info("skip_prep=True: not preparing IEMOCAP")

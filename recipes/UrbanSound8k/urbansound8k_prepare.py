@@ -14,24 +14,20 @@ shorter. They are used as they are: preparation decodes each once to check
 it, and the data pipeline down-mixes and resamples to 16 kHz at load time
 (:func:`speechbrain_petl.data.load_audio`).
 
-Splits of the 10 pre-defined folds, for test fold ``k``:
+The test fold ``k`` is one of the 10 pre-defined folds; the other splits
+depend on the protocol (:func:`speechbrain_petl.data.folds.fold_splits`):
 
 * ``protocol="paper"`` (the dataset's 10-fold cross-validation, as in the
-  PETL paper): train = the 9 other folds, test = fold k. There is no
-  validation fold: ``valid.csv`` is written identical to ``test.csv`` (a
-  warning says so), so validation scores are test scores;
-* ``protocol="validation"``: test = fold k, valid = fold (k mod 10) + 1,
-  train = the 8 other folds.
+  PETL paper): train = the 9 other folds; there is no validation fold, so
+  ``valid.csv`` is a copy of ``test.csv``;
+* ``protocol="validation"``: valid = fold (k mod 10) + 1, train = the 8
+  other folds.
 
 Writes ``train.csv``, ``valid.csv`` and ``test.csv`` to ``save_folder`` with
 columns ``ID, duration, wav, label, classID, fold`` (``label`` is the class
-name, e.g. ``dog_bark``; ``classID`` its index 0-9). Nothing is written
-inside ``data_folder``.
-
-Few-shot training sets (the PETL paper's Table 2): with ``few_shot=N``,
+name, e.g. ``dog_bark``; ``classID`` its index 0-9). With ``few_shot=N``,
 ``train.csv`` keeps N clips per class, by default the first N in the order
-of ``metadata/UrbanSound8K.csv``; ``valid.csv`` and ``test.csv`` are
-unchanged.
+of ``metadata/UrbanSound8K.csv``.
 
 Example
 -------
@@ -40,17 +36,13 @@ Example
 ... # doctest: +SKIP
 """
 
-import csv
 import logging
 import os
 import re
 
 from speechbrain_petl.data import (
-    assign_folds,
-    fold_splits,
-    prepare_split_manifests,
-    require_file,
-    require_folder,
+    prepare_fold_manifests, protocol_fold_splits, read_fold_metadata,
+    require_file, require_folder,
 )
 
 logger = logging.getLogger(__name__)
@@ -60,7 +52,9 @@ logger = logging.getLogger(__name__)
 PREP_VERSION = 1
 
 FOLDS = tuple(range(1, 11))
-PROTOCOLS = ("paper", "validation")
+# Protocol -> whether it validates on a fold of its own.
+SEPARATE_VALID = {"paper": False, "validation": True}
+PROTOCOLS = tuple(SEPARATE_VALID)
 # The 10 classes, indexed by classID.
 CLASSES = (
     "air_conditioner", "car_horn", "children_playing", "dog_bark",
@@ -80,19 +74,20 @@ FILENAME = re.compile(r"^(\d+)-(\d+)-(\d+)-(\d+)\.wav$")
 
 
 def split_folds(fold, protocol):
-    """The folds of each split for test fold ``fold``.
+    """Which folds train, validate and test when ``fold`` is the test fold.
 
     Arguments
     ---------
     fold : int
         Test fold, 1 to 10.
     protocol : str
-        ``"paper"`` or ``"validation"`` (see the module's docstring).
+        ``"paper"`` (no validation fold) or ``"validation"``.
 
     Returns
     -------
     dict
-        ``{"train": [...], "valid": [...], "test": [...]}``.
+        ``{split: folds}``, as
+        :func:`speechbrain_petl.data.folds.fold_splits` returns it.
 
     Example
     -------
@@ -101,34 +96,20 @@ def split_folds(fold, protocol):
     >>> split_folds(3, "paper")
     {'train': [1, 2, 4, 5, 6, 7, 8, 9, 10], 'valid': [3], 'test': [3]}
     """
-    if protocol not in PROTOCOLS:
-        raise ValueError(
-            f"{DATASET}: protocol must be one of {PROTOCOLS}, got "
-            f"{protocol!r}"
-        )
-    return fold_splits(fold, 10, protocol == "validation", DATASET)
+    return protocol_fold_splits(
+        fold, protocol, SEPARATE_VALID, len(FOLDS), DATASET
+    )
 
 
 def prepare_urbansound8k(
-    data_folder,
-    save_folder,
-    fold=10,
-    protocol="paper",
-    max_bad_fraction=0.01,
-    skip_prep=False,
-    few_shot=None,
-    few_shot_sampling="first",
-    few_shot_seed=0,
+    data_folder, save_folder, fold=10, protocol="paper", max_bad_fraction=0.01,
+    skip_prep=False, few_shot=None, few_shot_sampling="first", few_shot_seed=0,
 ):
     """Writes the train/valid/test manifests of UrbanSound8K for one test
     fold.
 
-    Skipped when ``save_folder`` already holds the three manifests of a
-    preparation with the same settings (data folder, fold, protocol,
-    ``max_bad_fraction``, few-shot options, script version). Every clip is
-    decoded once; unusable clips are dropped and listed in
-    ``<save_folder>/bad_clips.log``. With ``few_shot``, the training split
-    is then cut down to ``few_shot`` clips per class.
+    Each clip is decoded once to check it; what a preparation does and when
+    it is skipped: :mod:`speechbrain_petl.data.prepare`.
 
     Arguments
     ---------
@@ -141,46 +122,30 @@ def prepare_urbansound8k(
     protocol : str
         ``"paper"`` (train on the 9 other folds; ``valid.csv`` = ``test.csv``)
         or ``"validation"`` (validate on fold ``fold % 10 + 1``).
-    max_bad_fraction : float
-        Largest tolerated fraction of unusable clips before giving up.
-    skip_prep : bool
-        If True, does nothing.
-    few_shot : int, optional
-        If given, ``train.csv`` keeps only this many clips per class (the
-        PETL paper's few-shot training sets, Table 2); a class with fewer
-        keeps all of its clips, with a warning. ``valid.csv`` and
-        ``test.csv`` are unaffected. None (default): every training clip.
-    few_shot_sampling : str
-        ``"first"`` (default, the paper's choice): the first ``few_shot``
-        clips of each class in the order of ``metadata/UrbanSound8K.csv``,
-        after dropping unusable clips; ``"random"``: ``few_shot`` clips per
-        class drawn with ``few_shot_seed``.
-    few_shot_seed : int
-        Seed of ``few_shot_sampling="random"`` (unused otherwise).
+    max_bad_fraction, skip_prep, few_shot, few_shot_sampling, few_shot_seed
+        As for every preparation: see :mod:`speechbrain_petl.data.prepare`.
+        With ``few_shot_sampling="first"``, a class keeps its clips listed
+        first in ``metadata/UrbanSound8K.csv``.
 
     Raises
     ------
     ValueError
-        Bad ``fold``/``protocol``/few-shot option, or inconsistent metadata.
+        Bad ``fold`` or ``protocol``, or inconsistent metadata.
     FileNotFoundError
         ``metadata/UrbanSound8K.csv``, a fold folder or a listed clip is
         missing.
-    RuntimeError
-        More than ``max_bad_fraction`` of the clips are unusable.
     """
     if skip_prep:
         logger.info("skip_prep=True: not preparing UrbanSound8K")
         return
-    folds = split_folds(fold, protocol)
-    prepare_split_manifests(
+    folds = split_folds(fold, protocol)  # checks fold and protocol first
+    prepare_fold_manifests(
         data_folder, save_folder,
         {"dataset": "urbansound8k", "fold": int(fold), "protocol": protocol,
          "version": PREP_VERSION},
-        _check_layout, lambda layout: assign_folds(_read_meta(*layout), folds),
-        FIELDNAMES, DATASET, max_bad_fraction=max_bad_fraction,
-        few_shot=few_shot, few_shot_sampling=few_shot_sampling,
-        few_shot_seed=few_shot_seed,
-        split_notes={split: f"folds {folds[split]}" for split in folds},
+        folds, _check_layout, _read_meta, FIELDNAMES, DATASET,
+        max_bad_fraction=max_bad_fraction, few_shot=few_shot,
+        few_shot_sampling=few_shot_sampling, few_shot_seed=few_shot_seed,
     )
 
 
@@ -202,36 +167,12 @@ def _check_layout(data_folder):
     return meta, audio
 
 
-def _read_meta(meta, audio):
+def _read_meta(layout):
     """One manifest row (without duration) per line of UrbanSound8K.csv."""
-    with open(meta, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        missing = [c for c in META_COLUMNS if c not in header]
-        if missing:
-            raise ValueError(
-                f"{DATASET}: {meta} lacks column(s) {missing}; expected the "
-                f"header {','.join(META_COLUMNS)}"
-            )
-        lines = list(reader)
-    if not lines:
-        raise ValueError(f"{DATASET}: {meta} lists no clips")
+    meta, audio = layout
 
-    rows, missing_files, seen, class_of = [], [], set(), {}
-    for number, line in enumerate(lines, start=2):
-        name = line["slice_file_name"]
-        where = f"{DATASET}: {meta} line {number} ({name})"
-        try:
-            fold, class_id = int(line["fold"]), int(line["classID"])
-        except ValueError:
-            raise ValueError(
-                f"{where}: fold and classID must be integers"
-            ) from None
-        if fold not in FOLDS or not 0 <= class_id < len(CLASSES):
-            raise ValueError(
-                f"{where}: fold {fold} / classID {class_id} out of range "
-                "(folds 1-10, classIDs 0-9)"
-            )
+    def wav_of(name, fold, class_id, where):
+        """``audio/fold<fold>/<name>``, once the name's classID is checked."""
         match = FILENAME.match(name)
         if not match or int(match[2]) != class_id:
             raise ValueError(
@@ -239,27 +180,13 @@ def _read_meta(meta, audio):
                 f"<fsID>-<classID>-<occurrence>-<slice>.wav with classID "
                 f"{class_id}"
             )
-        if name in seen:
-            raise ValueError(f"{where}: listed twice")
-        label = class_of.setdefault(class_id, line["class"])
-        if line["class"] != label:
-            raise ValueError(
-                f"{where}: classID {class_id} is {line['class']!r} here but "
-                f"{label!r} on an earlier line"
-            )
-        seen.add(name)
-        wav = os.path.join(audio, f"fold{fold}", name)
-        if not os.path.isfile(wav):
-            missing_files.append(wav)
-        rows.append(
-            {
-                "ID": os.path.splitext(name)[0],
-                "wav": wav,
-                "label": line["class"],
-                "classID": class_id,
-                "fold": fold,
-            }
-        )
+        return os.path.join(audio, f"fold{fold}", name)
+
+    rows = read_fold_metadata(
+        meta, DATASET, META_COLUMNS, ("slice_file_name", "classID", "class"),
+        len(FOLDS), len(CLASSES), wav_of,
+    )
+    missing_files = [r["wav"] for r in rows if not os.path.isfile(r["wav"])]
     if missing_files:
         raise FileNotFoundError(
             f"{DATASET}: {len(missing_files)} clip(s) listed in {meta} are "
@@ -267,7 +194,7 @@ def _read_meta(meta, audio):
             f"{', '.join(missing_files[:3])}; is the extracted dataset "
             "complete?"
         )
-    unknown = sorted(set(class_of.values()) - set(CLASSES))
+    unknown = sorted({row["label"] for row in rows} - set(CLASSES))
     if unknown:
         logger.warning(
             "%s: class name(s) %s are not among the 10 UrbanSound8K classes",

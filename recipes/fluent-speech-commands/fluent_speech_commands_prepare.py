@@ -17,12 +17,9 @@ the csv's values as they are, e.g. ``activate_lights_kitchen``,
 
 Writes ``train.csv``, ``valid.csv`` and ``test.csv`` to ``save_folder`` with
 columns ``ID, duration, wav, label, speaker, transcription`` (``ID`` is the
-clip's file name without ``.wav``, ``label`` the intent). Nothing is written
-inside ``data_folder``.
-
-Few-shot training sets (the PETL paper's Table 2): with ``few_shot=N``,
-``train.csv`` keeps N clips per intent, by default the first N in the order
-of ``data/train_data.csv``; ``valid.csv`` and ``test.csv`` are unchanged.
+clip's file name without ``.wav``, ``label`` the intent). With
+``few_shot=N``, ``train.csv`` keeps N clips per intent, by default the first
+N in the order of ``data/train_data.csv``.
 
 Example
 -------
@@ -32,13 +29,11 @@ Example
 ... )  # doctest: +SKIP
 """
 
-import csv
 import logging
 import os
 
 from speechbrain_petl.data import (
-    prepare_split_manifests,
-    require_file,
+    prepare_split_manifests, read_csv_table, require_file,
 )
 
 logger = logging.getLogger(__name__)
@@ -74,22 +69,14 @@ def intent_label(action, obj, location):
 
 
 def prepare_fluent_speech_commands(
-    data_folder,
-    save_folder,
-    max_bad_fraction=0.01,
-    skip_prep=False,
-    few_shot=None,
-    few_shot_sampling="first",
-    few_shot_seed=0,
+    data_folder, save_folder, max_bad_fraction=0.01, skip_prep=False,
+    few_shot=None, few_shot_sampling="first", few_shot_seed=0,
 ):
-    """Writes the train/valid/test manifests of Fluent Speech Commands.
+    """Writes the train/valid/test manifests of Fluent Speech Commands, and
+    warns about intents that never occur in the training split.
 
-    Skipped when ``save_folder`` already holds the three manifests of a
-    preparation with the same settings (data folder, ``max_bad_fraction``,
-    few-shot options, script version). Every clip is decoded once; unusable
-    clips are dropped and listed in ``<save_folder>/bad_clips.log``. With
-    ``few_shot``, the training split is then cut down to ``few_shot`` clips
-    per intent.
+    Every clip is decoded once (the steps, and the skip when nothing
+    changed: :mod:`speechbrain_petl.data.prepare`).
 
     Arguments
     ---------
@@ -98,22 +85,10 @@ def prepare_fluent_speech_commands(
         module's docstring).
     save_folder : str
         Where the manifests are written (never inside ``data_folder``).
-    max_bad_fraction : float
-        Largest tolerated fraction of unusable clips before giving up.
-    skip_prep : bool
-        If True, does nothing.
-    few_shot : int, optional
-        If given, ``train.csv`` keeps only this many clips per intent (the
-        PETL paper's few-shot training sets, Table 2); an intent with fewer
-        keeps all of its clips, with a warning. ``valid.csv`` and
-        ``test.csv`` are unaffected. None (default): every training clip.
-    few_shot_sampling : str
-        ``"first"`` (default, the paper's choice): the first ``few_shot``
-        clips of each intent in the order of ``data/train_data.csv``, after
-        dropping unusable clips; ``"random"``: ``few_shot`` clips per intent
-        drawn with ``few_shot_seed``.
-    few_shot_seed : int
-        Seed of ``few_shot_sampling="random"`` (unused otherwise).
+    max_bad_fraction, skip_prep, few_shot, few_shot_sampling, few_shot_seed
+        As for every preparation: see :mod:`speechbrain_petl.data.prepare`.
+        ``few_shot`` is per intent, and ``"first"`` follows
+        ``data/train_data.csv``.
 
     Raises
     ------
@@ -121,9 +96,7 @@ def prepare_fluent_speech_commands(
         A csv file or a listed clip is missing.
     ValueError
         A csv file lacks a column, has an empty path/speaker/slot field, or
-        a clip is listed twice; or a few-shot option is bad.
-    RuntimeError
-        More than ``max_bad_fraction`` of the clips are unusable.
+        a clip is listed twice.
     """
     if skip_prep:
         logger.info("skip_prep=True: not preparing Fluent Speech Commands")
@@ -203,19 +176,11 @@ def _read_csv(csv_path, data_folder):
     """Yields ``(row, where)`` for each line of one split's csv file, where
     ``row`` is a manifest row without duration and ``where`` names the csv
     line."""
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        absent = [c for c in CSV_COLUMNS if c not in header]
-        if absent:
-            raise ValueError(
-                f"{DATASET}: {csv_path} lacks column(s) {absent}; expected "
-                f"the header ,{','.join(CSV_COLUMNS)} (the first column, "
-                "unnamed, is a row index)"
-            )
-        lines = list(reader)
-    if not lines:
-        raise ValueError(f"{DATASET}: {csv_path} lists no clips")
+    lines = read_csv_table(
+        csv_path, CSV_COLUMNS, DATASET,
+        header=f",{','.join(CSV_COLUMNS)} (the first column, unnamed, is a "
+        "row index)",
+    )
     rel_csv = os.path.relpath(csv_path, data_folder).replace(os.sep, "/")
     for number, line in enumerate(lines, start=2):
         where = f"{rel_csv} line {number}"

@@ -12,10 +12,10 @@
 
 from speechbrain_petl.data.audio import AudioFileError, ClipReport, inspect_clip, load_audio
 from speechbrain_petl.data.few_shot import FEW_SHOT_SAMPLINGS, few_shot_settings, select_few_shot
-from speechbrain_petl.data.folds import assign_folds, fold_splits
-from speechbrain_petl.data.layout import check_save_folder, require_file, require_folder
+from speechbrain_petl.data.folds import assign_folds, fold_splits, protocol_fold_splits, read_fold_metadata
+from speechbrain_petl.data.layout import check_save_folder, read_csv_table, require_file, require_folder
 from speechbrain_petl.data.manifests import BAD_CLIPS_LOG, MANIFESTS, SPLITS, filter_bad_clips, write_manifest
-from speechbrain_petl.data.prepare import prepare_split_manifests
+from speechbrain_petl.data.prepare import prepare_fold_manifests, prepare_split_manifests
 from speechbrain_petl.data.record import (
     CLIPS_RECORD,
     SETTINGS_FILE,
@@ -37,6 +37,7 @@ __all__ = [
     "clip_stats",
     "assign_folds",
     "fold_splits",
+    "protocol_fold_splits",
     "check_save_folder",
     "few_shot_settings",
     "filter_bad_clips",
@@ -44,8 +45,11 @@ __all__ = [
     "invalidate_preparation",
     "load_audio",
     "mark_prepared",
+    "prepare_fold_manifests",
     "prepare_split_manifests",
     "preparation_is_current",
+    "read_csv_table",
+    "read_fold_metadata",
     "require_file",
     "require_folder",
     "select_few_shot",

@@ -18,6 +18,16 @@ def _is_integer(value):
 def few_shot_settings(shots, sampling="first", seed=0):
     """Checks the few-shot options and returns them as preparation settings.
 
+    Every recipe's ``prepare_<dataset>`` takes these options as ``few_shot``,
+    ``few_shot_sampling`` and ``few_shot_seed``, for the few-shot training
+    sets of the PETL paper's Table 2: ``train.csv`` keeps ``few_shot`` clips
+    per class (None, the default: every training clip; a class with fewer
+    keeps all of its clips, with a warning), the first ones in the dataset's
+    order after dropping unusable clips (``"first"``, the default and the
+    paper's choice; the script names the order) or ones drawn with
+    ``few_shot_seed`` (``"random"``); ``valid.csv`` and ``test.csv`` are
+    unaffected. See :func:`select_few_shot`.
+
     The returned dict is meant to be merged into the settings given to
     :func:`preparation_is_current` and :func:`mark_prepared`, so that a
     change of the few-shot options prepares again. Options that do not

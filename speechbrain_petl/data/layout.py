@@ -1,5 +1,6 @@
-"""Layout checks of a preparation: the dataset's files are where its layout says, and outputs go outside the dataset folder."""
+"""Layout checks of a preparation: the dataset's files are where its layout says, its metadata tables have their columns, and outputs go outside the dataset folder."""
 
+import csv
 import os
 
 
@@ -68,6 +69,55 @@ def require_folder(path, dataset_name, data_folder=None, hint=""):
     True
     """
     return _require(path, dataset_name, data_folder, hint, want_dir=True)
+
+
+def read_csv_table(path, columns, dataset_name, header=None):
+    """The lines of a dataset's metadata CSV file, as dicts keyed by its
+    header, after checking that it has ``columns`` and at least one line.
+
+    Arguments
+    ---------
+    path : str or os.PathLike
+        The CSV file (UTF-8, with a header line).
+    columns : sequence of str
+        Columns the file must have (others are allowed).
+    dataset_name : str
+        Prefix of the messages.
+    header : str, optional
+        The expected header, as the error message shows it; by default
+        ``columns`` joined by commas.
+
+    Returns
+    -------
+    list of dict
+        One dict per line, in file order.
+
+    Raises
+    ------
+    ValueError
+        A column is missing, or the file lists nothing.
+
+    Example
+    -------
+    >>> meta = getfixture("tmp_path") / "meta.csv"
+    >>> _ = meta.write_text("filename,fold\\n1-a.wav,1\\n")
+    >>> read_csv_table(meta, ("filename", "fold"), "ESC-50")
+    [{'filename': '1-a.wav', 'fold': '1'}]
+    >>> read_csv_table(meta, ("filename", "target"), "ESC-50")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: ESC-50: .../meta.csv lacks column(s) ['target']; expected the header filename,target
+    """
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        if missing:
+            expected = ",".join(columns) if header is None else header
+            raise ValueError(f"{dataset_name}: {path} lacks column(s) {missing}; expected the header {expected}")
+        lines = list(reader)
+    if not lines:
+        raise ValueError(f"{dataset_name}: {path} lists no clips")
+    return lines
 
 
 def _is_within(path, folder):

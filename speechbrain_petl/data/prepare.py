@@ -1,4 +1,5 @@
-"""A dataset preparation in one call: :func:`prepare_split_manifests`.
+"""A dataset preparation in one call: :func:`prepare_split_manifests` (or
+:func:`prepare_fold_manifests` for a dataset with pre-defined folds).
 
 Every recipe's ``*_prepare.py`` reads its dataset's layout, decides each
 clip's split and columns, and hands the rows to
@@ -25,6 +26,24 @@ shares:
 
 Nothing is ever written inside the dataset's folder: outputs, the settings
 record and the bad-clip report all go to ``save_folder``.
+
+Every recipe's ``prepare_<dataset>(data_folder, save_folder, ...)`` ends with
+the same options, documented here once:
+
+* ``max_bad_fraction`` (0.01): the largest tolerated fraction of unusable
+  clips; beyond it, a RuntimeError (see
+  :func:`~speechbrain_petl.data.manifests.filter_bad_clips`);
+* ``skip_prep`` (False): if True, the function does nothing;
+* ``few_shot`` (None), ``few_shot_sampling`` (``"first"``), ``few_shot_seed``
+  (0): ``train.csv`` keeps ``few_shot`` clips per class, the first ones in
+  the dataset's order (the script names it) or ones drawn with the seed; a
+  ValueError for a bad option (see
+  :func:`~speechbrain_petl.data.few_shot.few_shot_settings`).
+
+A preparation is skipped when ``save_folder`` already holds the manifests of
+one with the same settings (data folder, the dataset's own settings such as
+its fold, ``max_bad_fraction``, few-shot options, script version) and no clip
+changed on disk since.
 """
 
 import json
@@ -32,6 +51,7 @@ import logging
 import os
 
 from speechbrain_petl.data.few_shot import few_shot_settings, select_few_shot
+from speechbrain_petl.data.folds import assign_folds
 from speechbrain_petl.data.layout import check_save_folder
 from speechbrain_petl.data.manifests import MANIFESTS, SPLITS, filter_bad_clips, write_manifest
 from speechbrain_petl.data.record import (
@@ -227,3 +247,54 @@ def prepare_split_manifests(
     write_text_atomically(os.path.join(save_folder, CLIPS_RECORD), json.dumps(stats) + "\n")
     mark_prepared(save_folder, settings)
     return written
+
+
+def prepare_fold_manifests(
+    data_folder, save_folder, settings, folds, check_layout, read_rows, fieldnames, dataset, **options
+):
+    """:func:`prepare_split_manifests` for a dataset with pre-defined folds:
+    each row goes to the split(s) whose folds hold its ``"fold"``
+    (:func:`~speechbrain_petl.data.folds.assign_folds`), and the logs name
+    each split's folds.
+
+    Arguments
+    ---------
+    data_folder, save_folder, settings, check_layout, fieldnames, dataset
+        As for :func:`prepare_split_manifests`.
+    folds : dict
+        ``{split: [fold, ...]}`` for ``"train"``, ``"valid"`` and ``"test"``
+        (see :func:`~speechbrain_petl.data.folds.fold_splits`).
+    read_rows : callable
+        ``read_rows(layout) -> [row, ...]``: one manifest row per clip, each
+        with its ``"fold"``.
+    **options
+        Other keywords of :func:`prepare_split_manifests`
+        (``max_bad_fraction`` and the few-shot options).
+
+    Returns
+    -------
+    dict or None
+        What :func:`prepare_split_manifests` returns.
+
+    Example
+    -------
+    >>> import numpy as np, soundfile as sf
+    >>> data = getfixture("tmp_path") / "data"
+    >>> data.mkdir()
+    >>> rows = []
+    >>> for fold in (1, 2, 3):
+    ...     sf.write(data / f"{fold}.wav", np.zeros(800), 16000)
+    ...     rows.append({"ID": str(fold), "wav": str(data / f"{fold}.wav"), "fold": fold})
+    >>> written = prepare_fold_manifests(
+    ...     data, data.parent / "save", {"dataset": "toy", "version": 1},
+    ...     {"train": [1, 2], "valid": [3], "test": [3]}, lambda d: d,
+    ...     lambda layout: rows, ["ID", "duration", "wav", "fold"], "Toy",
+    ... )
+    >>> {split: [r["ID"] for r in kept] for split, kept in written.items()}
+    {'train': ['1', '2'], 'valid': ['3'], 'test': ['3']}
+    """
+    return prepare_split_manifests(
+        data_folder, save_folder, settings, check_layout,
+        lambda layout: assign_folds(read_rows(layout), folds), fieldnames, dataset,
+        split_notes={split: f"folds {folds[split]}" for split in folds}, **options,
+    )

@@ -23,6 +23,9 @@ def _normalise(settings):
 
 
 def write_text_atomically(path, text):
+    """Writes ``text`` to ``path`` through a temporary file in the same
+    folder, renamed over ``path``: a reader sees the old file or the new
+    one, never half of it (the manifests and the preparation records)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
