@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 
@@ -91,10 +92,17 @@ def test_every_documented_command_runs_as_written():
 def test_installed_package_answers_help_outside_the_checkout(tmp_path):
     """The documented package commands from a non-editable install, run
     from a folder outside the checkout (the benchmark finds its yamls there)."""
+    source = tmp_path / "source"  # a copy: building writes build/ beside setup.py
+    source.mkdir()
+    for name in ("setup.py", "requirements.txt", "README.md", "MANIFEST.in"):
+        shutil.copy(REPO / name, source / name)
+    shutil.copytree(REPO / "speechbrain_petl", source / "speechbrain_petl", ignore=shutil.ignore_patterns("__pycache__"))
+    hparams = pathlib.Path("recipes", "Google-speech-commands", "PETL", "hparams")
+    shutil.copytree(REPO / hparams, source / hparams)
     site = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(site), str(REPO)],
+         "--target", str(site), str(source)],
         check=True, capture_output=True,
     )
     outside = tmp_path / "elsewhere"

@@ -22,9 +22,9 @@ Reads every run folder written by :mod:`speechbrain_petl.studies.study` (a
 Accuracies are recomputed from each run's ``test_predictions.csv``; the
 run's dataset, method, parameter counts and whether it finished come from
 the ``params.json`` every recipe run writes (see
-:mod:`speechbrain_petl.studies.run_record`), never from folder or file names; runs
-made before these were recorded are read as well as they can be, with a
-note (see :func:`run_kind`).
+:mod:`speechbrain_petl.studies.run_record`), never from folder or file names; a
+run folder that records no dataset and method is left out with a note (see
+:func:`run_kind`).
 """
 
 import argparse

@@ -11,8 +11,8 @@ folder or file names. Its keys:
   (:func:`speechbrain_petl.studies.params.summarize`);
 * ``finished``: false until the run is tested.
 
-Runs made before ``dataset``, ``method`` and ``finished`` were recorded
-lack them (or lack the file): readers say so rather than fail.
+A folder without this record (not made by a recipe run) is left out by
+the readers, with a note naming it.
 """
 
 import json

@@ -100,7 +100,7 @@ def identity_differences(stored, current):
     ['--number_of_epochs: (yaml default) -> 2']
     """
     if stored is None:
-        return ["the folder's run.json records no settings (made by an older version)"]
+        return ["the folder's run.json records no settings (it was not written by this command)"]
     changes = []
     if stored["yaml_sha256"] != current["yaml_sha256"]:
         changes.append(
