@@ -17,3 +17,8 @@ if __name__ == "__main__":
     state = brain.backbone.trainable_state_dict()
     state.update({f"classifier.{k}": v for k, v in brain.modules.classifier.module.state_dict().items()})
     torch.save(state, os.path.join(probe_dir, f"rank{os.environ['RANK']}.pt"))
+    # Both ranks finish their work before the group goes away: a rank that
+    # exits while gloo still serves the other can abort (SIGABRT) at exit.
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import pathlib
+import shutil
 
 import pytest
 
@@ -222,16 +223,48 @@ def test_a_changed_setting_is_refused_naming_it(study_root, tmp_path):
     with pytest.raises(ValueError) as err:
         study.main([str(ESC50 / "lora_esc50.yaml"), "--folds=1,2", "--seeds=7", *common, "--number_of_epochs=2"])
     message = str(err.value)
-    assert str(lora) in message and "--number_of_epochs: (yaml default) -> 2" in message
+    assert str(lora) in message and "number_of_epochs: 50 -> 2" in message and "--continue_with_new_settings" in message
     assert (lora / "test_predictions.csv").stat().st_mtime == stamp  # nothing was run
-    # the yaml's content is part of the identity too
-    run = study.plan_runs(str(ESC50 / "lora_esc50.yaml"), root / "runs", [1], [7], None, [None], common[1:])[0]
-    assert run["output_folder"] == str(lora)
+    # the yaml's values are settings too
     edited = tmp_path / "lora_esc50.yaml"
     edited.write_text((ESC50 / "lora_esc50.yaml").read_text().replace("lora_rank: 6", "lora_rank: 7"))
-    run["identity"] = study.identity(edited, run["overrides"])
-    with pytest.raises(ValueError, match="yaml's content changed"):
-        study.check_identities([run])
+    run = study.plan_runs(str(edited), root / "runs", [1], [7], None, [None], common[1:])[0]
+    run["output_folder"] = str(lora)
+    with pytest.raises(ValueError, match="lora_rank: 6 -> 7"):
+        study.check_settings([run])
+
+
+def test_a_value_equal_to_the_yaml_default_is_no_change(study_root, capsys):
+    """The study used to refuse --lr=0.005 where lora_esc50.yaml says 0.005:
+    it compared lists of overrides, not the values a run trains with."""
+    root, common = study_root
+    lora = root / "runs/lora_esc50/default"
+    files = [lora / f"fold{fold}_seed7" / name for fold in (1, 2) for name in ("run.json", "test_predictions.csv")]
+    stamps = [path.stat().st_mtime_ns for path in files]
+    capsys.readouterr()
+    study.main([str(ESC50 / "lora_esc50.yaml"), "--folds=1,2", "--seeds=7", *common, "--lr=0.005"])
+    out = capsys.readouterr().out
+    assert "[1/2] finished already" in out and "[2/2] finished already" in out
+    assert [path.stat().st_mtime_ns for path in files] == stamps
+
+
+def test_continue_with_new_settings_goes_on_with_finished_runs(study_root, tmp_path, capsys):
+    """With --continue_with_new_settings a finished run whose settings
+    changed is started again (not skipped), and its record lists the change."""
+    root, common = study_root
+    moved = tmp_path / "study"
+    run = moved / "lora_esc50" / "default" / "fold1_seed7"
+    shutil.copytree(root / "runs" / "lora_esc50" / "default" / "fold1_seed7", run)
+    args = [str(ESC50 / "lora_esc50.yaml"), "--folds=1", "--seeds=7", f"--output_root={moved}", *common[1:],
+            "--number_of_epochs=3"]
+    with pytest.raises(ValueError, match="number_of_epochs: 50 -> 3"):
+        study.main(args)
+    capsys.readouterr()
+    study.main(args + ["--continue_with_new_settings"])
+    assert "finished already" not in capsys.readouterr().out
+    record = json.loads((run / "params.json").read_text())
+    assert record["finished"] and "number_of_epochs: 50 -> 3" in record["settings_changes"][0]["changes"]
+    assert "--number_of_epochs=3" in json.loads((run / "run.json").read_text())["overrides"]
 
 
 def test_figures_use_integer_ticks_and_log_scale_across_decades(tmp_path):

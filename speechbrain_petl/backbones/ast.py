@@ -56,6 +56,10 @@ class AST(Backbone):
         knows where each patch is from the first step.
     recompute : str, optional
         What the backward pass recomputes (:attr:`Backbone.recompute`).
+    max_samples : int, optional
+        Crop clips to their first ``max_samples`` samples. ``max_frames``
+        crops anyway (:attr:`input_limit`: the samples its frames cover),
+        so this only matters when it is shorter.
 
     Example
     -------
@@ -63,6 +67,8 @@ class AST(Backbone):
     >>> ast = AST(tiny_config("ast"), pretrained=False, max_frames=64)
     >>> ast(torch.randn(3, 8000), torch.tensor([1.0, 0.8, 0.5])).shape
     torch.Size([3, 32])
+    >>> ast.max_samples  # 64 frames of 25 ms every 10 ms: later samples are never looked at
+    10480
     >>> ast.site(0, "attention.query")
     LinearSite(
       (linear): Linear(in_features=32, out_features=32, bias=True)
@@ -81,8 +87,9 @@ class AST(Backbone):
         feature_std=AUDIOSET_STD,
         init_positions=None,
         recompute=None,
+        max_samples=None,
     ):
-        super().__init__(pooling=pooling, recompute=recompute)
+        super().__init__(pooling=pooling, recompute=recompute, max_samples=max_samples)
         if init_positions not in (None, "sincos"):
             raise ValueError(f"init_positions must be None or 'sincos', got {init_positions!r}")
         if init_positions and pretrained:
@@ -132,7 +139,8 @@ class AST(Backbone):
         self._finish_init(petl)
 
     def embed(self, wavs, wav_lens=None, augment=None):
-        """Waveforms -> (tokens (batch, 2 + patches, width), None)."""
+        """Waveforms (cropped to :attr:`max_samples`) -> (tokens (batch, 2 + patches, width), None)."""
+        wavs, wav_lens = self.crop(wavs, wav_lens)
         feats = self.features(wavs, wav_lens)  # (batch, frames, mels)
         if augment is not None:
             feats = augment(feats)
@@ -175,7 +183,16 @@ class AST(Backbone):
             "sample_rate": self.features.sample_rate,
             "feature_mean": self.features.mean,
             "feature_std": self.features.std,
+            "max_samples": self.max_samples_setting,
         }
+
+    @property
+    def input_limit(self):
+        """Samples that ``max_frames`` fbank frames cover (the first 25 ms
+        window plus a 10 ms shift per further frame): later samples only
+        make frames that are dropped."""
+        fbank = self.features  # kaldi frames of 25 ms every 10 ms (Fbank's frame_shift)
+        return (fbank.max_frames - 1) * int(fbank.sample_rate * 0.010) + fbank.window_samples
 
     @property
     def min_samples(self):

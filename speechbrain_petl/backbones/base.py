@@ -25,7 +25,10 @@ class then
   so the two never drift apart;
 * identifies the frozen weights by a content hash (:meth:`fingerprint`);
 * pools the final token sequence (mean over real tokens, CLS, or CLS and
-  distillation tokens).
+  distillation tokens);
+* crops its input to :attr:`Backbone.max_samples` (the ``max_samples``
+  setting, or the lobe's own input limit), so that every interface that
+  builds the lobe classifies a long clip the same way.
 """
 
 import abc
@@ -36,6 +39,7 @@ import os
 from torch import nn
 
 from speechbrain_petl.backbones.blocks import RECOMPUTE_MODES, FeedForward, run_block
+from speechbrain_petl.backbones.features import relative_to_absolute
 from speechbrain_petl.backbones.fingerprint import TensorHashCache
 from speechbrain_petl.backbones.lifecycle import MethodDict, MethodHost, as_named_methods
 from speechbrain_petl.backbones.loading import describe_source, load_model
@@ -70,15 +74,24 @@ class Backbone(MethodHost, TrainedState, nn.Module, abc.ABC):
     recompute : str, optional
         Less activation memory for a slower training step (see
         :attr:`recompute`): None (default), ``"ffn"`` or ``"blocks"``.
+    max_samples : int, optional
+        Clips are cropped to their first ``max_samples`` samples (the
+        recipe's ``max_audio_samples``, which an inference folder passes on);
+        None: only the lobe's own input limit applies (see :attr:`max_samples`).
     """
 
-    def __init__(self, pooling="mean", recompute=None):
+    def __init__(self, pooling="mean", recompute=None, max_samples=None):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         _check_recompute(recompute)
+        if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, int)
+                                        or max_samples < 1):
+            raise ValueError(f"max_samples must be a positive number of samples or None, got {max_samples!r}")
         self.pooling = pooling
         self._recompute = recompute
+        #: The ``max_samples`` setting as given (None: no crop of its own).
+        self.max_samples_setting = max_samples
         self.petl = MethodDict()
         self._inactive = set()
         self._hash_cache = TensorHashCache()
@@ -92,6 +105,11 @@ class Backbone(MethodHost, TrainedState, nn.Module, abc.ABC):
         if self.pooling == "cls_dist" and self.num_special_tokens < 2:
             raise ValueError(
                 f"{type(self).__name__} has no CLS and distillation tokens; use pooling: mean."
+            )
+        if self.max_samples_setting is not None and self.max_samples_setting < self.min_samples:
+            raise ValueError(
+                f"max_samples={self.max_samples_setting} is shorter than the {self.min_samples} samples "
+                f"{type(self).__name__} needs at least."
             )
         for param in self.parameters():
             param.requires_grad_(False)
@@ -212,12 +230,37 @@ class Backbone(MethodHost, TrainedState, nn.Module, abc.ABC):
         """The LayerNorm that produces the lobe's output tokens, or None."""
         return self.final_norm
 
+    # ------------------------------------------------------------- cropping
+    @property
+    def input_limit(self):
+        """Samples of a clip the lobe can look at, however it is set: later
+        samples change nothing (AST: those ``max_frames`` fbank frames
+        cover; Whisper: its 30 s window); None: no limit (Wav2Vec2, HuBERT,
+        WavLM)."""
+        return None
+
+    @property
+    def max_samples(self):
+        """The crop length: a clip's samples after its first ``max_samples``
+        are never looked at (the smaller of the ``max_samples`` setting and
+        :attr:`input_limit`); None when clips of any length are used whole.
+        Every path into the lobe (``forward``, ``encode``, ``embed``) crops
+        to it."""
+        limits = [limit for limit in (self.max_samples_setting, self.input_limit) if limit is not None]
+        return min(limits) if limits else None
+
+    def crop(self, wavs, wav_lens=None):
+        """``(wavs, wav_lens)`` cut to the clips' first :attr:`max_samples`
+        samples, relative lengths recomputed (see :func:`crop_batch`)."""
+        return crop_batch(wavs, wav_lens, self.max_samples)
+
     # ------------------------------------------------------------- forward
     @abc.abstractmethod
     def embed(self, wavs, wav_lens=None, augment=None):
         """Waveforms -> (tokens (batch, time, width), mask (batch, time) or None).
 
-        ``augment``, when given, is applied to the lobe's input features
+        Implementations first :meth:`crop` the waveforms. ``augment``, when
+        given, is applied to the lobe's input features
         (AST: the normalised fbank ``(batch, frames, mels)``; Wav2Vec2, HuBERT,
         WavLM: the waveforms; Whisper: the log-mel ``(batch, frames, mels)``):
         the recipe passes its augmentation at training time only.
@@ -306,6 +349,28 @@ class Backbone(MethodHost, TrainedState, nn.Module, abc.ABC):
     def architecture(self):
         """Shape-defining settings of the backbone (subclasses extend)."""
         return {"hidden_size": self.hidden_size, "num_layers": self.num_layers}
+
+
+def crop_batch(wavs, wav_lens, max_samples):
+    """``(batch, samples)`` waveforms and their relative lengths, cut to
+    the clips' first ``max_samples`` samples: the relative lengths are
+    recomputed for the new width, so that each clip keeps
+    ``min(its length, max_samples)`` real samples. Unchanged when
+    ``max_samples`` is None or the batch is not wider.
+
+    Example
+    -------
+    >>> import torch
+    >>> wavs, wav_lens = crop_batch(torch.ones(2, 10), torch.tensor([1.0, 0.3]), 5)
+    >>> tuple(wavs.shape), [round(x, 3) for x in wav_lens.tolist()]
+    ((2, 5), [1.0, 0.6])
+    """
+    if max_samples is None or wavs.shape[-1] <= max_samples:
+        return wavs, wav_lens
+    if wav_lens is not None:
+        lengths = relative_to_absolute(wav_lens, wavs.shape[-1]).clamp(max=max_samples)
+        wav_lens = (lengths.to(wav_lens.dtype) if wav_lens.is_floating_point() else lengths.float()) / max_samples
+    return wavs[..., :max_samples], wav_lens
 
 
 def _check_recompute(mode):

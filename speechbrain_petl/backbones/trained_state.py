@@ -4,6 +4,12 @@ frozen weights it belongs to, and SpeechBrain's checkpoint hooks.
 :class:`TrainedState` is a mixin of :class:`speechbrain_petl.backbones.Backbone`.
 It relies on the backbone's ``petl``, ``merged`` (from the lifecycle),
 ``source``, ``architecture()`` and ``_hash_cache``.
+
+Two hooks read a trained state: the Checkpointer's (``_load``, a training
+checkpoint; the Checkpointer names the checkpoint and what to do) and the
+Pretrainer's (``_transfer``, an inference folder's ``embedding_model.ckpt``,
+named as the user's folder holds it rather than as SpeechBrain's ``savedir``
+link or copy, see :func:`speechbrain_petl.data.files.origin`).
 """
 
 import torch
@@ -14,6 +20,14 @@ from speechbrain.utils.checkpoints import (
     mark_as_transfer,
     register_checkpoint_hooks,
 )
+
+from speechbrain_petl.data.files import INFERENCE_FOLDER_ADVICE, load_torch, origin
+
+
+class FingerprintMismatch(RuntimeError):
+    """A trained state (checkpoint, inference folder, PEFT adapter) made on
+    other frozen weights than the backbone it is loaded onto; the message
+    names the file and both weights' SHA-256."""
 
 
 @register_checkpoint_hooks
@@ -85,7 +99,8 @@ class TrainedState:
         }
 
     def check_fingerprint(self, saved, source="checkpoint"):
-        """Raises a clear error if ``saved`` was made on another backbone."""
+        """Raises :class:`FingerprintMismatch`, naming ``source``, if ``saved``
+        was made on another backbone."""
         if not isinstance(saved, dict) or "frozen_sha256" not in saved:
             raise RuntimeError(
                 f"{source} has no backbone fingerprint (frozen_sha256): it was not "
@@ -105,9 +120,10 @@ class TrainedState:
                 f"backbone is {self.source!r}{merged} (sha256 {mine['frozen_sha256'][:16]}...)"
             )
         if problems:
-            raise RuntimeError(
+            raise FingerprintMismatch(
                 f"{source} was trained on another backbone and cannot be loaded "
                 "onto this one:\n  " + "\n  ".join(problems)
+                + "\nLoad it onto the weights it was trained on (backbone_source: a hub id or folder holding them)."
             )
 
     @mark_as_saver
@@ -127,7 +143,7 @@ class TrainedState:
 
     @mark_as_loader
     def _load(self, path, end_of_epoch=False):
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved = load_torch(path)
         self.load_trained_state(saved, source=str(path))
 
     def load_trained_state(self, saved, source="trained state"):
@@ -143,4 +159,6 @@ class TrainedState:
 
     @mark_as_transfer
     def _transfer(self, path):
-        self._load(path)
+        shown = origin(path)
+        saved = load_torch(path, INFERENCE_FOLDER_ADVICE, shown=shown)
+        self.load_trained_state(saved, source=shown)

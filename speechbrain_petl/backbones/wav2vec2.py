@@ -26,7 +26,7 @@ class Wav2Vec2(WaveformEncoder):
     ---------
     source : str or transformers.Wav2Vec2Config
         As :class:`~speechbrain_petl.backbones.waveform.WaveformEncoder`
-        (so are ``pretrained``, ``pooling``, ``petl`` and ``recompute``).
+        (so are ``pretrained``, ``pooling``, ``petl``, ``recompute`` and ``max_samples``).
     normalize_waveform : bool
         Zero-mean, unit-variance per utterance over its real samples, as
         Wav2Vec2FeatureExtractor does for the base-960h checkpoint.
@@ -50,8 +50,9 @@ class Wav2Vec2(WaveformEncoder):
         petl=None,
         normalize_waveform=True,
         recompute=None,
+        max_samples=None,
     ):
-        super().__init__(source, pretrained, pooling, petl, normalize_waveform, recompute)
+        super().__init__(source, pretrained, pooling, petl, normalize_waveform, recompute, max_samples)
 
 
 __all__ = ["Wav2Vec2", "DEFAULT_WAV2VEC2", "check_same_shape", "normalize"]

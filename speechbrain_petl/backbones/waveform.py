@@ -42,6 +42,9 @@ class WaveformEncoder(Backbone):
         ``do_normalize`` is true).
     recompute : str, optional
         What the backward pass recomputes (:attr:`Backbone.recompute`).
+    max_samples : int, optional
+        Crop clips to their first ``max_samples`` samples (None: clips of
+        any length are used whole; see :attr:`Backbone.max_samples`).
     """
 
     model_class = None
@@ -49,8 +52,8 @@ class WaveformEncoder(Backbone):
     always_frozen = ("feature_encoder",)
 
     def __init__(self, source, pretrained=True, pooling="mean", petl=None, normalize_waveform=True,
-                 recompute=None):
-        super().__init__(pooling=pooling, recompute=recompute)
+                 recompute=None, max_samples=None):
+        super().__init__(pooling=pooling, recompute=recompute, max_samples=max_samples)
         model = self._load_transformers_model(self.model_class, self.config_class, source, pretrained)
         config = model.config
         self.hidden_size = config.hidden_size
@@ -98,6 +101,7 @@ class WaveformEncoder(Backbone):
             "pretrained": self.pretrained,
             "pooling": self.pooling,
             "normalize_waveform": self.normalize_waveform,
+            "max_samples": self.max_samples_setting,
         }
 
     @property
@@ -116,13 +120,15 @@ class WaveformEncoder(Backbone):
         return lengths
 
     def embed(self, wavs, wav_lens=None, augment=None):
-        """Waveforms -> (frames (batch, time, width), mask (batch, time) or None).
+        """Waveforms (cropped to :attr:`max_samples`) -> (frames (batch, time,
+        width), mask (batch, time) or None).
 
         ``augment`` must keep the waveforms' shape: the padding mask comes
         from the clips' lengths, which a length-changing augmentation (speed
         perturbation, cropping) would make wrong; such an augmentation is
         refused with a ValueError (apply it in the data pipeline instead).
         """
+        wavs, wav_lens = self.crop(wavs, wav_lens)
         lengths = relative_to_absolute(wav_lens, wavs.shape[1])
         if augment is not None:
             wavs = check_same_shape(wavs, augment(wavs), augment, type(self).__name__)

@@ -22,7 +22,7 @@ class WhisperEncoder(Backbone):
     batch's device (:class:`WhisperLogMel`), then the two convolutions, the
     sinusoidal positions and the pre-LN blocks of ``WhisperModel``'s encoder
     (the decoder is loaded with the checkpoint but never run). Clips longer
-    than 30 s are truncated, as the feature extractor does.
+    than 30 s are truncated, as the feature extractor does (:attr:`input_limit`).
 
     Whisper was trained on 30 s windows (3,000 frames, 1,500 positions).
     ``crop_positions`` chooses how shorter clips are handled:
@@ -44,9 +44,10 @@ class WhisperEncoder(Backbone):
     source : str or transformers.WhisperConfig
         Hub id, ``save_pretrained`` folder of a ``WhisperModel`` (or
         ``WhisperForConditionalGeneration``), or (pretrained=False) a config.
-    pretrained, pooling, petl, recompute
+    pretrained, pooling, petl, recompute, max_samples
         As for :class:`~speechbrain_petl.backbones.waveform.WaveformEncoder`
-        (``pooling: "mean"`` averages the real output tokens).
+        (``pooling: "mean"`` averages the real output tokens; the 30 s
+        window crops anyway, so ``max_samples`` only matters when shorter).
     crop_positions : bool
         See above.
 
@@ -62,8 +63,8 @@ class WhisperEncoder(Backbone):
     always_frozen = ("pos_embed",)
 
     def __init__(self, source=DEFAULT_WHISPER, pretrained=True, pooling="mean", petl=None, crop_positions=True,
-                 recompute=None):
-        super().__init__(pooling=pooling, recompute=recompute)
+                 recompute=None, max_samples=None):
+        super().__init__(pooling=pooling, recompute=recompute, max_samples=max_samples)
         model = self._load_transformers_model(WhisperModel, WhisperConfig, source, pretrained)
         config = model.config
         encoder = model.encoder
@@ -81,11 +82,13 @@ class WhisperEncoder(Backbone):
         self._finish_init(petl)
 
     def embed(self, wavs, wav_lens=None, augment=None):
-        """Waveforms -> (tokens (batch, time, width), mask (batch, time) or None).
+        """Waveforms (cropped to :attr:`max_samples`) -> (tokens (batch, time,
+        width), mask (batch, time) or None).
 
         ``augment``, when given, transforms the log-mel features
         ``(batch, frames, mels)`` and must keep their shape.
         """
+        wavs, wav_lens = self.crop(wavs, wav_lens)
         lengths = relative_to_absolute(wav_lens, wavs.shape[1])
         feats, frames = self.features(wavs, lengths, full=not self.crop_positions)
         if augment is not None:
@@ -117,7 +120,13 @@ class WhisperEncoder(Backbone):
             "pretrained": self.pretrained,
             "pooling": self.pooling,
             "crop_positions": self.crop_positions,
+            "max_samples": self.max_samples_setting,
         }
+
+    @property
+    def input_limit(self):
+        """Samples of Whisper's window (30 s): the log-mel stops there."""
+        return self.features.max_frames * self.features.hop_length
 
     @property
     def min_samples(self):

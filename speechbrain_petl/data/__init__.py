@@ -1,6 +1,7 @@
 """Data shared by the recipes: audio loading and clip checks, and the steps of every dataset preparation.
 
 * :mod:`~speechbrain_petl.data.audio`: reading clips (any rate, mono), checking them;
+* :mod:`~speechbrain_petl.data.files`: every file the package reads, one error path for a damaged one;
 * :mod:`~speechbrain_petl.data.pipelines`: SpeechBrain datasets and their audio pipeline;
 * a preparation's steps: :mod:`~speechbrain_petl.data.layout` (the dataset's
   files are where they should be), :mod:`~speechbrain_petl.data.record`

@@ -3,15 +3,17 @@
 Every recipe's preparation writes ``train.csv``, ``valid.csv`` and
 ``test.csv`` (columns ``ID, duration, wav, label`` plus extras); this module
 turns them into SpeechBrain ``DynamicItemDataset`` objects yielding ``id``,
-``sig`` (16 kHz mono waveform) and ``label_encoded``.
+``sig`` (16 kHz mono waveform) and ``label_encoded``. A manifest or a
+``label_encoder.txt`` that cannot be read (emptied, cut short) is a
+:class:`~speechbrain_petl.data.files.DamagedFileError` naming it.
 """
 
-import csv
 import os
 
 import speechbrain as sb
 
 from speechbrain_petl.data.audio import AudioFileError, load_audio
+from speechbrain_petl.data.files import load_label_encoder, read_manifest
 
 #: What to do when a prepared clip can no longer be read.
 PREPARED_CLIP_CHANGED = (
@@ -40,12 +42,21 @@ def default_num_workers(cap=4):
 
 
 def read_labels(csv_path):
-    """The set of labels in a manifest's ``label`` column."""
-    with open(csv_path, newline="") as fin:
-        reader = csv.DictReader(fin)
-        if "label" not in (reader.fieldnames or []):
-            raise KeyError(f"{csv_path} has no 'label' column; columns: {reader.fieldnames}")
-        return {row["label"] for row in reader}
+    """The set of labels in a manifest's ``label`` column (the manifest is
+    checked whole, see :func:`~speechbrain_petl.data.files.read_manifest`).
+
+    Example
+    -------
+    >>> path = getfixture("tmp_path") / "train.csv"
+    >>> _ = path.write_text("ID,duration,wav,label\\na,1.0,/a.wav,dog\\nb,1.0,/b.wav,rain\\n")
+    >>> sorted(read_labels(path))
+    ['dog', 'rain']
+    >>> _ = path.write_text("ID,duration,wav,label\\na,1.0,/a.wav,dog\\nb,1.0,/b.w")
+    >>> read_labels(path)
+    Traceback (most recent call last):
+    speechbrain_petl.data.files.DamagedFileError: ...train.csv: does not end with a line break: cut short...
+    """
+    return {row["label"] for row in read_manifest(csv_path, ["ID", "wav", "label"])}
 
 
 def classification_datasets(
@@ -81,6 +92,9 @@ def classification_datasets(
     encoder, max_samples = label_encoder, max_audio_samples
 
     train_labels = read_labels(paths["train"])
+    if os.path.exists(label_encoder_file) and sb.utils.distributed.if_main_process():
+        # SpeechBrain's load_or_create would quietly write a damaged one again
+        load_label_encoder(label_encoder_file)
     encoder.load_or_create(path=label_encoder_file, from_iterables=[sorted(train_labels)])
     encoder.expect_len(len(encoder))
     if n_classes is not None and len(encoder) > n_classes:

@@ -11,6 +11,11 @@
 * :func:`lora_from_peft`: a PEFT LoRA adapter attached to a lobe as our
   :class:`~speechbrain_petl.methods.LoRA`.
 
+Our adapters also record the fingerprint of the frozen weights they were
+trained on (:data:`BASE_FINGERPRINT`, beside PEFT's files, which PEFT
+ignores); :func:`lora_from_peft` refuses them on other weights, as an
+inference folder is refused. Adapters from elsewhere record none and load.
+
 Scaling: ours is ``alpha / rank``; PEFT's is ``lora_alpha / r`` (or
 ``lora_alpha / sqrt(r)`` with ``use_rslora``). The export writes
 ``lora_alpha = alpha``, ``use_rslora = false``, so the recipes' effective
@@ -22,11 +27,12 @@ import math
 import pathlib
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from speechbrain_petl.backbones.ast import AST
 from speechbrain_petl.backbones.wav2vec2 import Wav2Vec2
 from speechbrain_petl.backbones.wavlm import WavLM
+from speechbrain_petl.data.files import PEFT_ADVICE, load_safetensors, read_json
 from speechbrain_petl.export.merged import (
     NotRepresentable,
     feature_extractor,
@@ -39,6 +45,10 @@ from speechbrain_petl.methods import LoRA
 
 #: Prefix PEFT gives every tensor of a saved adapter.
 PEFT_PREFIX = "base_model.model."
+
+#: The file of an adapter we export that holds the fingerprint of the frozen
+#: weights it was trained on (:meth:`speechbrain_petl.backbones.Backbone.fingerprint`).
+BASE_FINGERPRINT = "base_fingerprint.json"
 
 #: transformers 4.x names of AST's projections -> the 5.x names our lobes see.
 AST_V4_NAMES = {
@@ -109,7 +119,8 @@ def write_peft_adapter(dest, backbone, head, encoder, base_model=None, sample_ra
     pathlib.Path
         ``dest``: ``adapter_config.json``, ``adapter_model.safetensors``,
         ``preprocessor_config.json`` (the run's input settings, for
-        ``AutoFeatureExtractor``), ``labels.json``, ``README.md``, and
+        ``AutoFeatureExtractor``), ``labels.json``, ``README.md``,
+        :data:`BASE_FINGERPRINT`, and
         ``head.safetensors`` when the head is not part of the adapter
         (``modules_to_save``).
     """
@@ -181,6 +192,7 @@ def write_peft_adapter(dest, backbone, head, encoder, base_model=None, sample_ra
         save_file(_plain(tensors), partial / "adapter_model.safetensors")
         (partial / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
         (partial / "labels.json").write_text(json.dumps(labels, indent=1) + "\n")
+        (partial / BASE_FINGERPRINT).write_text(json.dumps(backbone.fingerprint(), indent=1) + "\n")
         feature_extractor(backbone, sample_rate).save_pretrained(partial)
         if not to_save:
             head_state = {"weight": linear.weight}
@@ -204,7 +216,8 @@ def _check_base_length(backbone, base_model):
                 f"base_model {base_model!r}: no config.json there; for an AST adapter, pass the "
                 "local folder of the base model so its max_length can be checked."
             )
-        where, length = f"{base_model!r}", json.loads(config_file.read_text()).get("max_length")
+        config = read_json(config_file, "Pass a save_pretrained folder of the base model")
+        where, length = f"{base_model!r}", config.get("max_length") if isinstance(config, dict) else None
     if length != backbone.max_frames:
         raise NotRepresentable(
             f"The run's AST uses max_frames={backbone.max_frames}; the base model {where} has "
@@ -242,7 +255,9 @@ def _peft_card(backbone, head, model_class, labels, config, to_save):
         f"Rank {config['r']}, lora_alpha {config['lora_alpha']} (scaling "
         f"{config['lora_alpha'] / config['r']}), {len(config['target_modules'])} projections.",
         "Labels, one per output: `labels.json`; the run's input settings: "
-        "`AutoFeatureExtractor.from_pretrained(\"<this folder>\")`.",
+        "`AutoFeatureExtractor.from_pretrained(\"<this folder>\")`. "
+        f"`{BASE_FINGERPRINT}`: the SHA-256 of the base weights it was trained on "
+        "(`speechbrain_petl.export.peft.lora_from_peft` refuses other weights).",
         "",
         "```python",
         f"from transformers import {model_class}",
@@ -292,6 +307,12 @@ def lora_from_peft(adapter_dir, backbone, name="lora"):
     with any prefix (``audio_spectrogram_transformer.``), or transformers
     4's for AST (``encoder.layer.3.attention.attention.query``).
 
+    An adapter we exported records the fingerprint of its frozen weights
+    (:data:`BASE_FINGERPRINT`): on a backbone with other weights it is
+    refused (:class:`~speechbrain_petl.backbones.trained_state.FingerprintMismatch`
+    naming both SHA-256). A file that cannot be read is a
+    :class:`~speechbrain_petl.data.files.DamagedFileError` naming it.
+
     Arguments
     ---------
     adapter_dir : str or os.PathLike
@@ -313,14 +334,22 @@ def lora_from_peft(adapter_dir, backbone, name="lora"):
     for path in (config_file, weights_file):
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: expected a PEFT adapter folder.")
-    config = json.loads(config_file.read_text())
+    config = read_json(config_file, PEFT_ADVICE)
+    if not isinstance(config, dict):
+        raise NotRepresentable(f"{config_file} holds a {type(config).__name__}: expected a PEFT config (an object).")
     _check_peft_config(config, config_file)
+    missing = [key for key in ("r", "lora_alpha") if key not in config]
+    if missing:
+        raise NotRepresentable(f"{config_file} has no {missing}: expected a PEFT LoRA config.")
+    fingerprint_file = folder / BASE_FINGERPRINT
+    if fingerprint_file.is_file():
+        backbone.check_fingerprint(read_json(fingerprint_file, PEFT_ADVICE), source=f"The PEFT adapter {folder}")
     rank = config["r"]
     scaling = config["lora_alpha"] / (math.sqrt(rank) if config.get("use_rslora") else rank)
     alpha = config["lora_alpha"] if not config.get("use_rslora") else scaling * rank
     sites = {names: key for key, names in _site_names(backbone).items()}
     pairs, others = {}, {}
-    for key, tensor in load_file(str(weights_file)).items():
+    for key, tensor in load_safetensors(weights_file, PEFT_ADVICE).items():
         path = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
         for part in ("lora_A", "lora_B"):
             if f".{part}." in path:

@@ -3,7 +3,9 @@
 A trained task is a folder of about 1 MB::
 
     hyperparams.yaml      inference only: backbone source and settings, PETL
-                          methods, head, labels, and a SpeechBrain Pretrainer
+                          methods, head, labels, a SpeechBrain Pretrainer, and
+                          the record of the settings it was trained with
+                          (``trained_settings`` and their SHA-256)
     embedding_model.ckpt  the trained PETL tensors + the backbone fingerprint
     head.ckpt             the classification head's tensors
     label_encoder.txt     the labels, one per output unit (SpeechBrain's format)
@@ -27,6 +29,10 @@ SpeechBrain's ``from_hparams``) and
 :class:`~speechbrain_petl.inference.MultiTaskClassifier` (onto a shared
 backbone) both check a folder through it.
 
+Loading checks the yaml against ``trained_settings``
+(:func:`check_output_settings`): a setting edited by hand is refused,
+naming its key, unless the loader's ``overrides`` name it.
+
 The yaml names its helpers by their public path in
 :mod:`speechbrain_petl.inference` (``speechbrain_petl.inference.label_encoder``,
 ``.PassThrough``, ``.load_head_state``), which stays the same when the
@@ -34,19 +40,29 @@ modules behind it move.
 """
 
 import dataclasses
+import hashlib
 import io
 import json
 import os
 import pathlib
 import shutil
-from typing import Any, Dict, List, Optional
+from collections.abc import Mapping
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from hyperpyyaml import load_hyperpyyaml
+from hyperpyyaml.core import recursive_update
 from ruamel.yaml import YAML
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.nnet.linear import Linear as SpeechBrainLinear
 
+from speechbrain_petl.data.files import (
+    INFERENCE_FOLDER_ADVICE,
+    DamagedFileError,
+    load_torch,
+    origin,
+    read_yaml,
+)
 from speechbrain_petl.hyperyaml import Apply, New, Name, Ref, callable_spec, dumps, import_path
 from speechbrain_petl.studies.params import summarize
 
@@ -99,6 +115,12 @@ def label_encoder(labels):
     return encoder
 
 
+def unused_label(index):
+    """The name :func:`output_labels` gives output unit ``index`` when no
+    training label maps to it."""
+    return f"<unused output {index}>"
+
+
 def output_labels(encoder, n_outputs):
     """The label of each of the head's ``n_outputs`` units; a unit that no
     training label maps to (a head wider than the labels seen) is named
@@ -109,7 +131,38 @@ def output_labels(encoder, n_outputs):
     >>> output_labels(label_encoder(["dog"]), 2)
     ['dog', '<unused output 1>']
     """
-    return [encoder.ind2lab.get(i, f"<unused output {i}>") for i in range(n_outputs)]
+    return [encoder.ind2lab.get(i, unused_label(i)) for i in range(n_outputs)]
+
+
+def unused_outputs(labels):
+    """Indices of the output units :func:`output_labels` named unused: the
+    inference interfaces never return them as the best class.
+
+    Example
+    -------
+    >>> unused_outputs(["dog", "<unused output 1>", "rain", "<unused output 3>"])
+    [1, 3]
+    """
+    return [i for i, label in enumerate(labels) if label == unused_label(i)]
+
+
+def best_used_output(log_probs, unused):
+    """``(score, index)`` of the best output unit of each row of
+    ``log_probs`` ``(batch, units)`` among the units not in ``unused``
+    (the log-probabilities themselves are not changed: those units keep
+    the probability the trained head gives them).
+
+    Example
+    -------
+    >>> score, index = best_used_output(torch.log(torch.tensor([[0.2, 0.7, 0.1]])), [1])
+    >>> index.tolist(), round(score.exp().item(), 3)
+    ([0], 0.2)
+    """
+    if not unused:
+        return torch.max(log_probs, dim=-1)
+    masked = log_probs.clone()
+    masked[..., unused] = float("-inf")
+    return torch.max(masked, dim=-1)
 
 
 def head_outputs(head):
@@ -125,18 +178,24 @@ def head_outputs(head):
 
 def load_head_state(head, path):
     """Pretrainer hook: loads ``head.ckpt`` strictly (plain tensors only),
-    with errors that name the file."""
-    path = str(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    with errors (:class:`~speechbrain_petl.data.files.DamagedFileError`)
+    that name the file of the folder the user gave, not SpeechBrain's
+    ``savedir`` link or copy of it."""
+
+    shown = origin(path)
+    state = load_torch(path, INFERENCE_FOLDER_ADVICE, shown=shown)
     expected = head.state_dict()
     if not isinstance(state, dict) or set(state) != set(expected):
         found = sorted(state) if isinstance(state, dict) else type(state).__name__
-        raise RuntimeError(f"{path} holds {found}, expected the head's tensors {sorted(expected)}.")
+        raise DamagedFileError(
+            shown, f"holds {found}, expected the head's tensors {sorted(expected)}", INFERENCE_FOLDER_ADVICE
+        )
     for key, value in state.items():
-        if value.shape != expected[key].shape:
-            raise RuntimeError(
-                f"{path}: '{key}' has shape {tuple(value.shape)}, the yaml's head expects "
-                f"{tuple(expected[key].shape)}."
+        found = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        if found != tuple(expected[key].shape):
+            raise DamagedFileError(
+                shown, f"'{key}' has shape {found}, the yaml's head expects {tuple(expected[key].shape)}",
+                INFERENCE_FOLDER_ADVICE,
             )
     head.load_state_dict(state)
 
@@ -174,7 +233,9 @@ class InferenceFolder:
 
     Build it with :meth:`read`; :meth:`methods`, :meth:`head` and
     :meth:`trained_state` then build the parts a task needs on a lobe
-    that already exists (the multi-task classifier's shared backbone).
+    that already exists (the multi-task classifier's shared backbone),
+    and :meth:`check_settings` checks them against the settings the folder
+    was trained with.
 
     Example
     -------
@@ -207,23 +268,37 @@ class InferenceFolder:
     max_audio_samples: Optional[int] = None
     #: The yaml's ``petl`` and ``head`` entries, as yaml text (built on demand).
     parts_yaml: str = dataclasses.field(default="", repr=False)
+    #: The settings that shaped the trained outputs, as written
+    #: (:func:`output_settings`); None for folders written before they were recorded.
+    trained_settings: Optional[Dict[str, Any]] = dataclasses.field(default=None, repr=False)
+    #: The digest written beside :attr:`trained_settings`.
+    trained_settings_sha256: Optional[str] = dataclasses.field(default=None, repr=False)
+    #: The settings keys the ``overrides`` given to :meth:`read` change on purpose.
+    overridden_settings: Tuple[str, ...] = ()
 
     @classmethod
-    def read(cls, folder):
-        """Checks the files of ``folder`` and reads its yaml (nothing is built)."""
+    def read(cls, folder, overrides=None):
+        """Checks the files of ``folder`` and reads its yaml (nothing is
+        built), with ``overrides`` applied as HyperPyYAML applies them
+        (a dict or yaml text, e.g. ``{"embedding_model": {"pooling": "cls"}}``)."""
         folder = pathlib.Path(folder)
         check_folder(folder)
         yaml_file = folder / "hyperparams.yaml"
-        document = YAML(typ="rt").load(yaml_file.read_text())
+        document = read_yaml(yaml_file, INFERENCE_FOLDER_ADVICE, round_trip=True)
+        if overrides and isinstance(document, dict):
+            recursive_update(document, _as_mapping(overrides))
         model = document.get("embedding_model") if isinstance(document, dict) else None
         tag = getattr(getattr(model, "tag", None), "value", None) or ""
         if not tag.startswith("!new:"):
-            raise ValueError(
-                f"{yaml_file}: 'embedding_model' must be a !new: lobe, as write_inference_folder writes it."
+            raise DamagedFileError(
+                yaml_file, "'embedding_model' is not a !new: lobe, as write_inference_folder writes it",
+                INFERENCE_FOLDER_ADVICE,
             )
         for key in ("backbone_source", "head", "labels"):
             if key not in document:
-                raise ValueError(f"{yaml_file} has no '{key}' key; it was not written by write_inference_folder.")
+                raise DamagedFileError(
+                    yaml_file, f"no '{key}' key, which write_inference_folder writes", INFERENCE_FOLDER_ADVICE
+                )
         parts = {"head": document["head"], "labels": document["labels"]}
         if "petl" in model:
             parts["petl"] = model["petl"]
@@ -239,6 +314,27 @@ class InferenceFolder:
             sample_rate=int(document.get("sample_rate", 16000)),
             max_audio_samples=None if max_samples is None else int(max_samples),
             parts_yaml=text.getvalue(),
+            trained_settings=_plain_value(document.get(SETTINGS_KEY)),
+            trained_settings_sha256=_plain_value(document.get(SETTINGS_DIGEST_KEY)),
+            overridden_settings=tuple(override_keys(overrides)),
+        )
+
+    def check_settings(self, lobe, methods, head):
+        """Raises a ValueError naming each setting of the built ``lobe``,
+        ``methods`` (``{name: method}`` as in the yaml) and ``head``, or of
+        the labels, rate and crop, that differs from what the folder was
+        trained with, unless the overrides given to :meth:`read` name it
+        (:func:`check_output_settings`). Folders written before settings
+        were recorded pass."""
+        if self.trained_settings is None:
+            return
+        actual = output_settings(
+            import_path(type(lobe)), lobe.constructor_args(), methods, head, self.labels, self.sample_rate,
+            self.max_audio_samples,
+        )
+        check_output_settings(
+            self.trained_settings, self.trained_settings_sha256, actual, self.overridden_settings,
+            where=str(self.path / "hyperparams.yaml"),
         )
 
     def methods(self):
@@ -253,11 +349,16 @@ class InferenceFolder:
 
     def trained_state(self):
         """The trained state in ``embedding_model.ckpt``: a dict of the
-        backbone's ``fingerprint`` and the methods' ``state`` tensors."""
+        backbone's ``fingerprint`` and the methods' ``state`` tensors (a
+        :class:`~speechbrain_petl.data.files.DamagedFileError` naming the file
+        when it cannot be read)."""
         path = self.path / "embedding_model.ckpt"
-        trained = torch.load(path, map_location="cpu", weights_only=True)
+        trained = load_torch(path, INFERENCE_FOLDER_ADVICE)
         if not isinstance(trained, dict) or set(trained) != {"fingerprint", "state"}:
-            raise RuntimeError(f"{path} is not a speechbrain_petl trained state (fingerprint and state).")
+            raise DamagedFileError(
+                path, "not a speechbrain_petl trained state (expected the keys 'fingerprint' and 'state')",
+                INFERENCE_FOLDER_ADVICE,
+            )
         return trained
 
     def lobe(self, source=None):
@@ -281,21 +382,232 @@ def _plain(value):
     raise ValueError(f"Unexpected lobe setting {value!r} in an inference folder's embedding_model.")
 
 
+# --------------------------------------------------------- trained settings
+#: The yaml key under which a folder records the settings that shaped its
+#: outputs (:func:`output_settings`), and the key of their SHA-256.
+SETTINGS_KEY = "trained_settings"
+SETTINGS_DIGEST_KEY = "trained_settings_sha256"
+
+
+def output_settings(lobe_class, lobe_settings, methods, head, labels, sample_rate=16000, max_audio_samples=None):
+    """Every setting that shapes a task's outputs, flat, keyed by its path
+    in the inference yaml: the lobe's constructor arguments (but its
+    ``source``: the fingerprint checks the weights), each method's class
+    and constructor arguments, the head's classes and shapes, the labels,
+    the rate and the crop. A class is recorded as its yaml tag.
+
+    Example
+    -------
+    >>> from speechbrain_petl.methods import LoRA
+    >>> settings = output_settings("speechbrain_petl.backbones.AST", {"max_frames": 64, "pooling": "mean"},
+    ...                            {"lora": LoRA(rank=2)}, torch.nn.Linear(32, 2), ["no", "yes"])
+    >>> settings["embedding_model.petl.lora"], settings["embedding_model.petl.lora.rank"]
+    ('!new:speechbrain_petl.methods.LoRA', 2)
+    >>> settings["embedding_model.pooling"], settings["head.out_features"], settings["labels"]
+    ('mean', 2, ['no', 'yes'])
+    """
+    model_args = {key: value for key, value in lobe_settings.items() if key not in ("source", "petl")}
+    if methods:
+        model_args["petl"] = {name: method_spec(method) for name, method in methods.items()}
+    spec = {
+        "sample_rate": sample_rate,
+        "max_audio_samples": max_audio_samples,
+        "embedding_model": New(lobe_class, model_args),
+        "head": head_spec(head),
+        "labels": list(labels),
+    }
+    flat = {}
+    for key, value in spec.items():
+        _flatten(key, value, flat)
+    return flat
+
+
+def settings_sha256(settings):
+    """SHA-256 of ``settings`` (a flat dict of plain values), key order aside.
+
+    Example
+    -------
+    >>> settings_sha256({"a": 1, "b": [2.5]}) == settings_sha256({"b": [2.5], "a": 1})
+    True
+    """
+    text = json.dumps(_plain_value(settings), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def override_keys(overrides):
+    """The settings keys (dotted yaml paths) that HyperPyYAML ``overrides``
+    (a dict or yaml text) set.
+
+    Example
+    -------
+    >>> override_keys({"backbone_source": "here", "embedding_model": {"petl": {"lora": {"alpha": 1.5}}}})
+    ['backbone_source', 'embedding_model.petl.lora.alpha']
+    """
+    keys = []
+
+    def walk(path, value):
+        """Collects the paths of the leaves (and of tagged mappings) under ``path``."""
+        if isinstance(value, Mapping) and value:
+            if getattr(getattr(value, "tag", None), "value", None):
+                keys.append(path)  # e.g. a whole new !new: object
+            for key, item in value.items():
+                walk(f"{path}.{key}" if path else str(key), item)
+        elif path:
+            keys.append(path)
+
+    walk("", _as_mapping(overrides) if overrides else {})
+    return keys
+
+
+def check_output_settings(recorded, recorded_sha256, actual, overridden=(), where="hyperparams.yaml"):
+    """Raises a ValueError unless the settings a task is built with
+    (``actual``, from :func:`output_settings`) are those it was trained with
+    (``recorded``, written with the digest ``recorded_sha256``). Keys that
+    ``overridden`` names (or lies under) may differ: they were changed on
+    purpose. An edited record (its digest no longer matches) is refused too.
+
+    Example
+    -------
+    >>> trained = {"embedding_model.pooling": "mean", "labels": ["no", "yes"]}
+    >>> check_output_settings(trained, settings_sha256(trained), dict(trained, **{"embedding_model.pooling": "cls"}))
+    Traceback (most recent call last):
+     ...
+    ValueError: hyperparams.yaml does not describe the model it was trained as: 'embedding_model.pooling' is 'cls' there, trained with 'mean'. ...
+    >>> check_output_settings(trained, settings_sha256(trained), dict(trained, **{"embedding_model.pooling": "cls"}),
+    ...                       overridden=["embedding_model.pooling"])
+    """
+
+    def allowed(key):
+        """Whether an override names ``key`` or a mapping above it."""
+        return any(key == name or key.startswith(name + ".") for name in overridden)
+
+    recorded = _plain_value(recorded)
+    if not isinstance(recorded, dict) or (
+        settings_sha256(recorded) != recorded_sha256 and not allowed(SETTINGS_DIGEST_KEY)
+    ):
+        raise ValueError(
+            f"{where}: '{SETTINGS_KEY}' does not match '{SETTINGS_DIGEST_KEY}': the record of the settings "
+            "the folder was trained with was edited. Restore it (write the folder again with "
+            "python -m speechbrain_petl.export), or pass overrides naming "
+            f"'{SETTINGS_DIGEST_KEY}' to load it anyway."
+        )
+    missing = object()
+    differing = [
+        key for key in sorted(set(recorded) | set(actual))
+        if recorded.get(key, missing) != _plain_value(actual.get(key, missing)) and not allowed(key)
+    ]
+    if differing:
+
+        def shown(settings, key):
+            """The setting's value as the message shows it."""
+            return repr(settings[key]) if key in settings else "absent"
+
+        problems = "; ".join(
+            f"'{key}' is {shown(actual, key)} there, trained with {shown(recorded, key)}" for key in differing
+        )
+        first = differing[0]
+        example = _plain_value(actual.get(first))
+        for part in reversed(first.split(".")):
+            example = {part: example}
+        raise ValueError(
+            f"{where} does not describe the model it was trained as: {problems}. Restore the trained "
+            f"values, or name each key in overrides to change it on purpose (e.g. overrides={example!r})."
+        )
+
+
+def _flatten(path, value, flat):
+    """Adds ``value`` (plain, or a :class:`New`/:class:`Name`/:class:`Apply`
+    spec, or a callable) to ``flat`` under ``path`` and its children's paths."""
+    if callable(value) and not isinstance(value, (New, Name, Apply)):
+        value = callable_spec(value)
+    if isinstance(value, (New, Name, Apply)):
+        tag = {New: "!new:", Name: "!name:", Apply: "!apply:"}[type(value)]
+        flat[path] = f"{tag}{value.path}"
+        for index, item in enumerate(getattr(value, "args", None) or []):
+            _flatten(f"{path}.{index}", item, flat)
+        for key, item in value.kwargs.items():
+            _flatten(f"{path}.{key}", item, flat)
+    elif isinstance(value, dict) and value:
+        for key, item in value.items():
+            _flatten(f"{path}.{key}", item, flat)
+    elif isinstance(value, (list, tuple)) and any(
+        isinstance(item, (New, Name, Apply, dict, list, tuple)) or callable(item) for item in value
+    ):
+        for index, item in enumerate(value):
+            _flatten(f"{path}.{index}", item, flat)
+    else:
+        flat[path] = _plain_value(value)
+
+
+def _plain_value(value):
+    """Plain Python values (dicts, lists, str, int, float, bool, None) of
+    ``value`` (ruamel's scalar and container types, tuples)."""
+    if value is None or isinstance(value, bool):
+        return value
+    for kind in (int, float, str):
+        if isinstance(value, kind):
+            return kind(value)
+    if isinstance(value, Mapping):
+        return {str(key): _plain_value(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain_value(item) for item in value]
+    raise TypeError(f"Cannot record {value!r} ({type(value).__name__}) as a plain setting.")
+
+
+def _as_mapping(overrides):
+    """HyperPyYAML ``overrides`` (a dict or yaml text) as a mapping."""
+    if isinstance(overrides, str):
+        overrides = YAML(typ="rt").load(overrides) or {}
+    if not isinstance(overrides, Mapping):
+        raise TypeError(f"overrides must be a dict or yaml text of one, got {type(overrides).__name__}")
+    return overrides
+
+
 # ------------------------------------------------------------------ writing
+def method_spec(method):
+    """The yaml object that rebuilds a PETL ``method`` (untrained)."""
+    return New(import_path(type(method)), _yaml_args(method.constructor_args()))
+
+
+def lobe_arguments(backbone, max_audio_samples=None):
+    """The lobe's constructor arguments as an inference folder writes them:
+    ``max_samples`` is the crop the recipe trained with (the smaller of the
+    lobe's own and ``max_audio_samples``), so that every interface building
+    the lobe crops as training did.
+
+    Example
+    -------
+    >>> from speechbrain_petl.backbones import AST, tiny_config
+    >>> lobe = AST(tiny_config("ast"), pretrained=False, max_frames=64)
+    >>> lobe_arguments(lobe, max_audio_samples=8000)["max_samples"], lobe.constructor_args()["max_samples"]
+    (8000, None)
+    """
+    arguments = dict(backbone.constructor_args())
+    crops = [n for n in (arguments.get("max_samples"), max_audio_samples) if n is not None]
+    if crops:
+        if "max_samples" not in arguments:
+            raise ValueError(
+                f"{type(backbone).__name__} takes no max_samples: its inference folder could not "
+                f"crop clips to max_audio_samples={max_audio_samples} in every interface."
+            )
+        arguments["max_samples"] = min(crops)
+    return arguments
+
+
 def inference_yaml(
     backbone, head, labels, sample_rate=16000, backbone_source=None, title="", max_audio_samples=None
 ):
     """The ``hyperparams.yaml`` text of an inference folder."""
     methods = dict(backbone.petl.items())
-    backbone_args = dict(backbone.constructor_args())
+    backbone_args = lobe_arguments(backbone, max_audio_samples)
     source = backbone_source or backbone_args.pop("source")
     backbone_args.pop("source", None)
+    settings = output_settings(
+        import_path(type(backbone)), backbone_args, methods, head, labels, sample_rate, max_audio_samples
+    )
     backbone_args = {"source": Ref("backbone_source"), **backbone_args}
     if methods:
-        backbone_args["petl"] = {
-            name: New(import_path(type(method)), _yaml_args(method.constructor_args()))
-            for name, method in methods.items()
-        }
+        backbone_args["petl"] = {name: method_spec(method) for name, method in methods.items()}
     header = [
         "# " + "#" * 76,
         f"# Inference: {title}" if title else "# Inference",
@@ -310,7 +622,8 @@ def inference_yaml(
         ({"sample_rate": sample_rate}, None),
         (
             {"max_audio_samples": max_audio_samples},
-            "Clips are cropped to this many samples, as in training (AudioClassifier.classify_file).",
+            "Clips were cropped to this many samples in training; embedding_model's max_samples\n"
+            "# crops them so in every interface.",
         ) if max_audio_samples is not None else ({}, None),
         (
             {"backbone_source": source},
@@ -359,6 +672,13 @@ def inference_yaml(
                 )
             },
             "Loads embedding_model.ckpt and head.ckpt from the folder this yaml is loaded from.",
+        ),
+        (
+            {SETTINGS_KEY: settings, SETTINGS_DIGEST_KEY: settings_sha256(settings)},
+            "The settings the tensors were trained with, as written (keyed by their path in this\n"
+            "# yaml). AudioClassifier and MultiTaskClassifier refuse a yaml that differs from them,\n"
+            "# naming the key, unless overrides={...} names that key: edit the settings above\n"
+            "# through overrides, not by hand.",
         ),
     ]
     body = []
@@ -454,7 +774,9 @@ def write_inference_folder(
         Replace ``dest`` if it is an inference folder written before (a
         recipe run re-exporting); anything else there is never touched.
     max_audio_samples : int, optional
-        Crop clips to this many samples, as the recipe's data pipeline did.
+        Crop clips to this many samples, as the recipe's data pipeline did:
+        written as the lobe's ``max_samples`` (see :func:`lobe_arguments`),
+        so every interface that builds the lobe crops alike.
 
     Returns
     -------

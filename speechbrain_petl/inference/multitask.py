@@ -27,7 +27,11 @@ Within one settings group, one call
    keys (prompts, prefixes), on that task's sub-batch;
 5. applies each task's head to its samples.
 
-Each sample's result equals what its task's single-task model gives.
+Each sample's result equals what its task's single-task model gives, on
+clips of any length: a clip longer than its task's crop length is cropped,
+classified in windows or refused as ``long_clips`` says
+(:data:`~speechbrain_petl.inference.classifier.LONG_CLIP_POLICIES`), as
+:class:`~speechbrain_petl.inference.AudioClassifier` does.
 Full fine-tuning cannot share a backbone and is refused.
 """
 
@@ -35,7 +39,16 @@ import torch
 
 from speechbrain_petl.backbones import Backbone
 from speechbrain_petl.data.audio import read_clip
-from speechbrain_petl.inference.folder import InferenceFolder
+from speechbrain_petl.inference.classifier import (
+    FirstTime,
+    check_long_clips,
+    checked_batch,
+    classify_spans,
+    clip_lengths,
+    clip_spans,
+    log_crop,
+)
+from speechbrain_petl.inference.folder import InferenceFolder, best_used_output, unused_outputs
 
 
 class Task:
@@ -56,7 +69,8 @@ class Task:
     folder : str
         Where it was loaded from.
     max_audio_samples : int, optional
-        Files are cropped to this many samples, as in training.
+        Clips are cropped to this many samples, as in training (folders
+        written before the lobe's ``max_samples`` recorded it).
     """
 
     def __init__(self, name, lobe, methods, head, labels, folder, max_audio_samples=None):
@@ -72,6 +86,15 @@ class Task:
         self.first_layer = lobe.first_layer_used(self.methods)
         #: Whether the task runs routed per sample (else on a sub-batch of its own).
         self.per_sample = not any(lobe.needs_own_batch(name) for name in self.methods)
+        #: Output units no training label maps to: never the best class.
+        self.unused_outputs = unused_outputs(self.labels)
+
+    @property
+    def max_samples(self):
+        """The task's crop length: its lobe's ``max_samples``, or its
+        ``max_audio_samples`` where smaller; None: no limit."""
+        limits = [limit for limit in (self.lobe.max_samples, self.max_audio_samples) if limit is not None]
+        return min(limits) if limits else None
 
 
 class MultiTaskClassifier(torch.nn.Module):
@@ -86,6 +109,10 @@ class MultiTaskClassifier(torch.nn.Module):
         ``{name: Task}``.
     sample_rate : int
         The rate every task expects.
+    long_clips : str
+        What to do with a clip longer than its task's crop length:
+        ``"crop"`` (default), ``"windows"`` or ``"refuse"``
+        (:data:`~speechbrain_petl.inference.classifier.LONG_CLIP_POLICIES`).
 
     Example
     -------
@@ -105,10 +132,12 @@ class MultiTaskClassifier(torch.nn.Module):
     (3, True)
     """
 
-    def __init__(self, tasks, sample_rate=16000):
+    def __init__(self, tasks, sample_rate=16000, long_clips="crop"):
         super().__init__()
         self.tasks = dict(tasks)
         self.sample_rate = sample_rate
+        self.long_clips = check_long_clips(long_clips)
+        self._crop_notice = FirstTime()
         lobes = []
         for task in self.tasks.values():
             if not any(task.lobe is lobe for lobe in lobes):
@@ -119,8 +148,12 @@ class MultiTaskClassifier(torch.nn.Module):
 
     # ---------------------------------------------------------------- loading
     @classmethod
-    def from_folders(cls, folders, savedir=None, backbone_source=None, device="cpu"):
+    def from_folders(cls, folders, savedir=None, backbone_source=None, device="cpu", overrides=None,
+                     long_clips="crop"):
         """Loads inference folders onto one backbone.
+
+        A folder whose yaml differs from the settings it was trained with
+        is refused, naming the key, unless its ``overrides`` name that key.
 
         Arguments
         ---------
@@ -135,9 +168,19 @@ class MultiTaskClassifier(torch.nn.Module):
             folder records (every folder's fingerprint is checked anyway).
         device : str
             Where the modules run.
+        overrides : dict, optional
+            ``{task name: overrides}``, each HyperPyYAML overrides of that
+            folder's yaml as ``AudioClassifier.from_hparams`` takes them
+            (e.g. ``{"dogs": {"embedding_model": {"pooling": "cls"}}}``).
+        long_clips : str
+            See the class's arguments.
         """
         if not isinstance(folders, dict) or not folders:
             raise ValueError("folders must be a non-empty dict {task name: inference folder}.")
+        overrides = dict(overrides or {})
+        strangers = sorted(set(overrides) - set(folders), key=str)
+        if strangers:
+            raise KeyError(f"overrides name tasks {strangers} that folders does not: {sorted(folders, key=str)}")
         del savedir  # folders are read where they are
         lobes = {}  # settings key -> lobe
         tasks = {}
@@ -145,7 +188,7 @@ class MultiTaskClassifier(torch.nn.Module):
         for name, folder in folders.items():
             if not isinstance(name, str) or not name or "." in name:
                 raise ValueError(f"Task names must be non-empty strings without dots, got {name!r}")
-            task_folder = InferenceFolder.read(folder)
+            task_folder = InferenceFolder.read(folder, overrides.get(name))
             sample_rates[name] = task_folder.sample_rate
             key = (task_folder.lobe_class, repr(sorted(task_folder.lobe_settings.items())))
             if key not in lobes:
@@ -157,20 +200,23 @@ class MultiTaskClassifier(torch.nn.Module):
             tasks[name] = _attach_task(name, task_folder, lobes[key])
         if len(set(sample_rates.values())) > 1:
             raise ValueError(f"The tasks expect different sample rates: {sample_rates}; serve them separately.")
-        return cls(tasks, sample_rate=next(iter(sample_rates.values()))).to(device)
+        return cls(tasks, sample_rate=next(iter(sample_rates.values())), long_clips=long_clips).to(device)
 
     # -------------------------------------------------------------- inference
-    def classify_batch(self, wavs, wav_lens=None, tasks=None):
+    def classify_batch(self, wavs, wav_lens=None, tasks=None, long_clips=None):
         """Classifies each clip of ``(batch, samples)`` waveforms with its task.
 
         Arguments
         ---------
         wavs : torch.Tensor
-            ``(batch, samples)`` at :attr:`sample_rate`.
+            ``(batch, samples)`` float waveforms at :attr:`sample_rate`.
         wav_lens : torch.Tensor, optional
-            ``(batch,)`` relative lengths.
+            ``(batch,)`` relative lengths in (0, 1].
         tasks : list of str
             The task of each clip.
+        long_clips : str, optional
+            This call's policy for clips longer than their task's crop
+            length (default: the classifier's ``long_clips``).
 
         Returns
         -------
@@ -178,9 +224,7 @@ class MultiTaskClassifier(torch.nn.Module):
             Tasks have different numbers of classes, so log-probabilities
             come as one tensor per clip.
         """
-        if not isinstance(wavs, torch.Tensor) or wavs.dim() != 2:
-            shape = tuple(wavs.shape) if isinstance(wavs, torch.Tensor) else type(wavs).__name__
-            raise ValueError(f"classify_batch expects (batch, samples) waveforms, got {shape}")
+        wavs, wav_lens = checked_batch(wavs, wav_lens)
         batch = wavs.shape[0]
         if tasks is None or isinstance(tasks, str) or len(tasks) != batch:
             found = "none" if tasks is None else repr(tasks) if isinstance(tasks, str) else f"{len(tasks)} names"
@@ -188,13 +232,39 @@ class MultiTaskClassifier(torch.nn.Module):
         unknown = sorted(set(tasks) - set(self.tasks))
         if unknown:
             raise KeyError(f"Unknown tasks {unknown}; loaded: {sorted(self.tasks)}")
-        if wav_lens is None:
-            wav_lens = torch.ones(batch)
-        if wav_lens.shape != (batch,):
-            raise ValueError(f"wav_lens must have shape ({batch},), got {tuple(wav_lens.shape)}")
+        tasks = list(tasks)
+        lengths = clip_lengths(wavs, wav_lens)
+        return self._classify(wavs, wav_lens, lengths, tasks, [f"clip {i} of the batch" for i in range(batch)],
+                              long_clips)
+
+    def _classify(self, wavs, wav_lens, lengths, tasks, names, long_clips):
+        """The ``classify_batch`` tuple, each clip longer than its task's
+        crop length handled as ``long_clips`` says."""
+        policy = check_long_clips(long_clips or self.long_clips)
+        limits = [self.tasks[task].max_samples for task in tasks]
+        spans = clip_spans(lengths, limits, policy, names, self.sample_rate)
+        if all(own == [(0, length)] for own, length in zip(spans, lengths)):
+            log_probs = self._log_probs(wavs, wav_lens, tasks)
+        else:
+            if policy == "crop" and self._crop_notice.claim():
+                cropped = next(i for i, own in enumerate(spans) if own[0][1] < lengths[i])
+                log_crop(names[cropped], lengths[cropped], limits[cropped], self.sample_rate)
+            log_probs = classify_spans(
+                lambda w, lens, clips: self._log_probs(w, lens, [tasks[clip] for clip in clips]),
+                wavs, spans, len(lengths),
+            )
+        best = [best_used_output(lp, self.tasks[task].unused_outputs) for lp, task in zip(log_probs, tasks)]
+        scores = torch.stack([score for score, _ in best])
+        indices = torch.stack([index for _, index in best])
+        labels = [self.tasks[task].labels[index] for task, index in zip(tasks, indices.tolist())]
+        return log_probs, scores, indices, labels
+
+    def _log_probs(self, wavs, wav_lens, tasks):
+        """Each clip's log-probabilities under its task (a list: tasks have
+        different numbers of classes)."""
         device = next(self.parameters()).device
         wavs, wav_lens = wavs.to(device), wav_lens.to(device)
-        log_probs = [None] * batch
+        log_probs = [None] * len(tasks)
         with torch.no_grad():
             for lobe in self.lobes:
                 rows = [i for i, task in enumerate(tasks) if self.tasks[task].lobe is lobe]
@@ -203,10 +273,7 @@ class MultiTaskClassifier(torch.nn.Module):
                     outputs = self._run_group(lobe, wavs[group], wav_lens[group], [tasks[i] for i in rows])
                     for i, output in zip(rows, outputs):
                         log_probs[i] = output
-        scores = torch.stack([lp.max() for lp in log_probs])
-        indices = torch.stack([lp.argmax() for lp in log_probs])
-        labels = [self.tasks[task].labels[index] for task, index in zip(tasks, indices.tolist())]
-        return log_probs, scores, indices, labels
+        return log_probs
 
     def _run_group(self, lobe, wavs, wav_lens, tasks):
         """Log-probabilities of the clips of one settings group (see the module docstring)."""
@@ -250,24 +317,24 @@ class MultiTaskClassifier(torch.nn.Module):
             outputs.append(torch.log_softmax(logits, dim=-1)[0])
         return outputs
 
-    def classify_files(self, paths, tasks):
+    def classify_files(self, paths, tasks, long_clips=None):
         """Classifies audio files, each with its task (the ``classify_batch``
-        tuple); files are resampled, and cropped as their task was trained."""
+        tuple); files are resampled, and long ones handled as ``long_clips``
+        says (as in ``classify_batch``; errors and notices name the file)."""
         if len(paths) != len(tasks):
             raise ValueError(f"{len(paths)} files but {len(tasks)} task names.")
         clips = []
         for path, task in zip(paths, tasks):
             if task not in self.tasks:
                 raise KeyError(f"Unknown task {task!r}; loaded: {sorted(self.tasks)}")
-            wav = read_clip(path, self.sample_rate)
-            limit = self.tasks[task].max_audio_samples
-            clips.append(wav if limit is None else wav[:limit])
+            clips.append(read_clip(path, self.sample_rate))
         longest = max(len(clip) for clip in clips)
         wavs = torch.zeros(len(clips), longest)
         for i, clip in enumerate(clips):
             wavs[i, : len(clip)] = clip
         wav_lens = torch.tensor([len(clip) / longest for clip in clips])
-        return self.classify_batch(wavs, wav_lens, tasks)
+        return self._classify(wavs, wav_lens, [len(clip) for clip in clips], list(tasks), [str(p) for p in paths],
+                              long_clips)
 
     def resident_bytes(self):
         """Bytes of every distinct tensor the classifier holds (shared ones once)."""
@@ -330,6 +397,8 @@ def _attach_task(name, folder, lobe):
             "so it cannot share a backbone. Load it alone with AudioClassifier.from_hparams."
         )
     lobe.check_fingerprint(trained["fingerprint"], source=str(ckpt))
+    head = folder.head().eval()
+    folder.check_settings(lobe, methods, head)
     names = []
     for original, method in methods.items():
         attached = name if len(methods) == 1 else f"{name}_{original}"
@@ -345,9 +414,7 @@ def _attach_task(name, folder, lobe):
     unused = sorted(key for key in state if not any(key.startswith(f"petl.{o}.") for o in methods))
     if unused:
         raise RuntimeError(f"{ckpt} holds tensors of no method the yaml names: {unused[:5]}")
-    return Task(
-        name, lobe, names, folder.head().eval(), folder.labels, str(folder.path), folder.max_audio_samples
-    )
+    return Task(name, lobe, names, head, folder.labels, str(folder.path), folder.max_audio_samples)
 
 
 __all__ = ["MultiTaskClassifier", "Task", "resident_bytes"]

@@ -33,7 +33,7 @@ import os
 import re
 import statistics
 
-from speechbrain_petl.studies.paper import SUFFIXES, TABLE1, TABLE2, TABLE3, paper_accuracy
+from speechbrain_petl.studies.paper import TABLE1, TABLE2, TABLE3, paper_accuracy
 from speechbrain_petl.studies.results import is_finished, test_accuracy, training_curves
 from speechbrain_petl.studies.run_record import read_record
 

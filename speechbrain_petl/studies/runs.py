@@ -9,9 +9,19 @@ import os
 import pathlib
 import re
 
+import ruamel.yaml.error
 from hyperpyyaml import load_hyperpyyaml
 
+from speechbrain_petl.data.files import DamagedFileError, load_label_encoder, read_yaml_text
 from speechbrain_petl.studies.results import test_accuracy
+
+#: What to do about a run's damaged ``hyperparams.yaml``.
+RUN_HPARAMS_ADVICE = (
+    "SpeechBrain writes it when the run starts: run the recipe's train.py again with the same "
+    "command in this folder to have it written again (the run resumes from its checkpoints)"
+)
+#: Keys every recipe run's ``hyperparams.yaml`` holds, which ``load_run`` reads.
+RUN_KEYS = ("checkpointer", "save_folder", "label_encoder", "backbone", "classifier")
 
 #: Top-level keys of a run's yaml that ``load_run`` may rebase: their value is
 #: a path that the saved yaml repeats wherever it was referenced.
@@ -51,16 +61,23 @@ def load_run(output_folder, max_key="acc", overrides=None):
     unknown = sorted(set(overrides) - set(REBASABLE[1:]))
     if unknown:
         raise ValueError(f"Cannot override {unknown} of a finished run; only {list(REBASABLE[1:])}.")
-    text = hparams_file.read_text()
+    text = read_yaml_text(hparams_file, RUN_HPARAMS_ADVICE)
     text = rebase(text, "output_folder", str(folder), hparams_file)
     for key, value in overrides.items():
         text = rebase(text, key, str(value), hparams_file)
-    hparams = load_hyperpyyaml(text)
+    try:
+        hparams = load_hyperpyyaml(text)
+    except ruamel.yaml.error.YAMLError as err:
+        raise DamagedFileError(hparams_file, f"cannot be read as HyperPyYAML: {err}".splitlines()[0], RUN_HPARAMS_ADVICE) from None
+    missing = [key for key in RUN_KEYS if key not in hparams]
+    if missing:
+        raise DamagedFileError(
+            hparams_file, f"no {', '.join(map(repr, missing))}, which every recipe run writes", RUN_HPARAMS_ADVICE
+        )
     checkpoint = hparams["checkpointer"].recover_if_possible(max_key=max_key)
     if checkpoint is None:
         raise FileNotFoundError(f"No checkpoint under {hparams['save_folder']}: the run has not saved one yet.")
-    encoder = hparams["label_encoder"]
-    encoder.load(os.path.join(hparams["save_folder"], "label_encoder.txt"))
+    encoder = load_label_encoder(os.path.join(hparams["save_folder"], "label_encoder.txt"), hparams["label_encoder"])
     return {
         "backbone": hparams["backbone"],
         "head": hparams["classifier"],

@@ -13,17 +13,21 @@ describing it, including the yaml's ``dataset`` and ``method``). A finished
 run (its ``params.json`` says so, see :mod:`speechbrain_petl.studies.run_record`) is
 skipped; an interrupted one is
 started again with the same command and resumes from its SpeechBrain
-checkpoints. A run's identity is every effective setting: the yaml's content
-(SHA-256) and all overrides; a folder holding a run made with other settings
-is refused, naming the settings that differ (choose another
-``--output_root``). Runs are sequential; each may itself be distributed by giving
+checkpoints. Before any run starts, every planned folder that holds a run
+trained with other settings (the yaml's values with the overrides, compared
+as a recipe's ``train.py`` compares them, see
+:func:`speechbrain_petl.studies.run_record.changed_settings`: ``--lr=0.005``
+where the yaml says 0.005 changes nothing) is refused, naming the settings
+that differ: choose another ``--output_root``, or give
+``--continue_with_new_settings`` to go on training those runs (finished ones
+included) with the new settings, recorded in their ``params.json``.
+Runs are sequential; each may itself be distributed by giving
 a ``--launcher`` (``torchrun``; there is no home-made launcher). At the end
 the mean and standard deviation of the test accuracy over folds and seeds
 is printed for every sweep point.
 """
 
 import argparse
-import hashlib
 import itertools
 import json
 import os
@@ -32,8 +36,11 @@ import statistics
 import subprocess
 import sys
 
+import speechbrain as sb
+
 from speechbrain_petl.studies.report import yaml_defaults
 from speechbrain_petl.studies.results import is_finished, test_accuracy
+from speechbrain_petl.studies.run_record import CONTINUE_FLAG, changed_settings, command_settings
 
 
 def parse_list(text, cast=int):
@@ -66,21 +73,6 @@ def parse_sweep(text):
     return key, parse_list(values, cast=str)
 
 
-def identity(hparams, overrides):
-    """What makes a run: the SHA-256 of the yaml's text and its overrides.
-
-    Example
-    -------
-    >>> path = getfixture("tmp_path") / "x.yaml"
-    >>> _ = path.write_text("number_of_epochs: 1\\n")
-    >>> identity(path, ["--fold=2", "--debug"])["overrides"]
-    {'debug': True, 'fold': '2'}
-    """
-    with open(hparams, "rb") as fin:
-        digest = hashlib.sha256(fin.read()).hexdigest()
-    return {"yaml_sha256": digest, "overrides": overrides_dict(overrides)}
-
-
 def overrides_dict(args):
     """``["--key=value", "--flag"]`` -> ``{"key": "value", "flag": True}``."""
     result = {}
@@ -88,29 +80,6 @@ def overrides_dict(args):
         key, _, value = arg.lstrip("-").partition("=")
         result[key] = value if "=" in arg else True
     return dict(sorted(result.items()))
-
-
-def identity_differences(stored, current):
-    """Human-readable differences between two :func:`identity` dicts.
-
-    Example
-    -------
-    >>> old = {"yaml_sha256": "a" * 64, "overrides": {"fold": "1"}}
-    >>> identity_differences(old, {"yaml_sha256": "a" * 64, "overrides": {"fold": "1", "number_of_epochs": "2"}})
-    ['--number_of_epochs: (yaml default) -> 2']
-    """
-    if stored is None:
-        return ["the folder's run.json records no settings (it was not written by this command)"]
-    changes = []
-    if stored["yaml_sha256"] != current["yaml_sha256"]:
-        changes.append(
-            f"the yaml's content changed (SHA-256 {stored['yaml_sha256'][:12]}... -> {current['yaml_sha256'][:12]}...)"
-        )
-    before, after = stored["overrides"], current["overrides"]
-    for key in sorted(set(before) | set(after)):
-        if before.get(key) != after.get(key):
-            changes.append(f"--{key}: {before.get(key, '(yaml default)')} -> {after.get(key, '(yaml default)')}")
-    return changes
 
 
 def plan_runs(hparams, output_root, folds, seeds, sweep_key, sweep_values, overrides):
@@ -142,42 +111,71 @@ def plan_runs(hparams, output_root, folds, seeds, sweep_key, sweep_values, overr
                 "fold": fold,
                 "seed": seed,
                 "overrides": args,
-                "identity": identity(hparams, args),
                 "output_folder": os.path.abspath(os.path.join(output_root, stem, point, name)),
             }
         )
     return runs
 
 
-def check_identities(runs):
-    """Raises a ValueError listing the planned runs whose folder already
-    holds a run made with other settings, and which settings differ."""
-    clashes = []
+def run_settings(run):
+    """The settings the recipe's ``train.py`` would run ``run`` (a dict of
+    :func:`plan_runs`) with (see
+    :func:`speechbrain_petl.studies.run_record.command_settings`)."""
+    argv = [run["hparams"], f"--output_folder={run['output_folder']}", *run["overrides"]]
+    hparams_file, run_options, overrides = sb.parse_arguments(argv)
+    return command_settings(hparams_file, overrides, run_options.as_dict())
+
+
+def check_settings(runs, continue_with_new_settings=False):
+    """The planned runs whose folder holds a run trained with other
+    settings: ``{output_folder: [changes]}``. Raises a ValueError naming
+    each folder and its changes, unless ``continue_with_new_settings``.
+
+    Example
+    -------
+    >>> folder = getfixture("tmp_path")
+    >>> _ = (folder / "x.yaml").write_text("output_folder: !PLACEHOLDER\\nlr: 0.005\\n")
+    >>> runs = plan_runs(str(folder / "x.yaml"), str(folder / "study"), [None], [None], None, [None], ["--lr=0.5"])
+    >>> check_settings(runs)  # nothing trained there yet
+    {}
+    """
+    changed = {}
     for run in runs:
-        path = os.path.join(run["output_folder"], "run.json")
-        if not os.path.isfile(path):
-            continue
-        with open(path) as fin:
-            stored = json.load(fin).get("identity")
-        changes = identity_differences(stored, run["identity"])
+        changes = changed_settings(run_settings(run))
         if changes:
-            clashes.append(f"{run['output_folder']}: " + "; ".join(changes))
-    if clashes:
+            changed[run["output_folder"]] = changes
+    if changed and not continue_with_new_settings:
         raise ValueError(
-            "These run folders hold runs made with other settings; their results would be "
-            "reported as this study's:\n  " + "\n  ".join(clashes)
-            + "\nUse another --output_root for the new settings (or remove the old folders)."
+            "These run folders hold runs trained with other settings; their results would be "
+            "reported as this study's:\n  "
+            + "\n  ".join(f"{folder}:\n    " + "\n    ".join(changes) for folder, changes in changed.items())
+            + "\nNothing was run. Use another --output_root for the new settings, or add "
+            f"{CONTINUE_FLAG} to go on training these runs with them (recorded in their params.json)."
         )
+    return changed
 
 
-def launch(run, launcher, script):
-    """Runs (or resumes) one training; returns its exit status."""
+def launch(run, launcher, script, extra=()):
+    """Runs (or resumes) one training, with the arguments ``extra`` added
+    to its command; returns its exit status. The run's ``run.json`` is
+    written before a first start, and after a successful one otherwise (a
+    refused or failed start leaves the folder as it was)."""
     os.makedirs(run["output_folder"], exist_ok=True)
+    first = not os.path.isfile(os.path.join(run["output_folder"], "run.json"))
+    if first:
+        write_plan(run)
+    cmd = [*launcher, script, run["hparams"], f"--output_folder={run['output_folder']}", *run["overrides"], *extra]
+    print("$", " ".join(shlex.quote(c) for c in cmd), flush=True)
+    status = subprocess.call(cmd, cwd=os.path.dirname(script))
+    if status == 0 and not first:
+        write_plan(run)
+    return status
+
+
+def write_plan(run):
+    """Writes ``run`` (a dict of :func:`plan_runs`) as its folder's ``run.json``."""
     with open(os.path.join(run["output_folder"], "run.json"), "w") as fout:
         json.dump(run, fout, indent=2)
-    cmd = launcher + [script, run["hparams"], f"--output_folder={run['output_folder']}"] + run["overrides"]
-    print("$", " ".join(shlex.quote(c) for c in cmd), flush=True)
-    return subprocess.call(cmd, cwd=os.path.dirname(script))
 
 
 def summarize_runs(runs):
@@ -211,6 +209,11 @@ def main(argv=None):
     parser.add_argument("--sweep", default="", help="key:v1,v2,... (a top-level yaml key)")
     parser.add_argument("--launcher", default=shlex.quote(sys.executable), help='e.g. "torchrun --nproc_per_node=4"')
     parser.add_argument("--script", default=None, help="default: train.py next to the hparams folder")
+    parser.add_argument(
+        CONTINUE_FLAG, action="store_true",
+        help="go on training runs whose folder holds a run with other settings, finished ones included "
+        "(recorded in their params.json); without it such folders are refused",
+    )
     args, overrides = parser.parse_known_args(argv)
 
     script = args.script or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(args.hparams))), "train.py")
@@ -220,14 +223,15 @@ def main(argv=None):
     runs = plan_runs(
         args.hparams, args.output_root, parse_list(args.folds), parse_list(args.seeds), sweep_key, sweep_values, overrides
     )
-    check_identities(runs)
+    changed = check_settings(runs, args.continue_with_new_settings)
     failed = []
     for index, run in enumerate(runs, 1):
-        if is_finished(run["output_folder"]):
+        if is_finished(run["output_folder"]) and run["output_folder"] not in changed:
             print(f"[{index}/{len(runs)}] finished already: {run['output_folder']}")
             continue
         print(f"[{index}/{len(runs)}] {run['output_folder']}")
-        if launch(run, shlex.split(args.launcher), script) != 0:
+        extra = [CONTINUE_FLAG] if run["output_folder"] in changed else []
+        if launch(run, shlex.split(args.launcher), script, extra) != 0:
             failed.append(run["output_folder"])
     for point, (mean, std, done, planned) in summarize_runs(runs).items():
         label = ", ".join(f"{k}={v}" for k, v in json.loads(point).items()) or "default"

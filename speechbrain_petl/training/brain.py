@@ -176,7 +176,7 @@ class ClassificationBrain(sb.Brain):
         """Cross-entropy; accuracy and confusion statistics on the side."""
         labels = batch.label_encoded.data.view(-1)
         loss = F.cross_entropy(predictions.float(), labels)
-        predicted = predictions.detach().argmax(dim=-1)
+        predicted = self._best_used_unit(predictions.detach())
         self.correct += (predicted == labels).sum().item()
         self.seen += labels.numel()
         if stage != sb.Stage.TRAIN:
@@ -187,6 +187,18 @@ class ClassificationBrain(sb.Brain):
             )
             self.probabilities.extend(predictions.detach().float().softmax(dim=-1).cpu().tolist())
         return loss
+
+    def _best_used_unit(self, logits):
+        """The best output unit of each row among those a training label
+        maps to: a head wider than the labels present (a miniature dataset,
+        a few-shot subset) never predicts a unit no label names, as the
+        inference interfaces never return one."""
+        width = logits.shape[-1]
+        if self.label_encoder is not None and len(self.label_encoder.ind2lab) < width:
+            used = torch.zeros(width, dtype=torch.bool, device=logits.device)
+            used[[i for i in self.label_encoder.ind2lab if i < width]] = True
+            logits = logits.masked_fill(~used, float("-inf"))
+        return logits.argmax(dim=-1)
 
     def _decode(self, indices):
         """Class indices -> labels; an output unit no training label maps to
@@ -240,7 +252,8 @@ class ClassificationBrain(sb.Brain):
 
     def write_predictions(self, path):
         """Per-clip test outputs: ``ID, target, prediction, score`` (the
-        predicted class's probability) and one ``prob_<label>`` column per
+        predicted class's probability; the prediction is the best unit a
+        label maps to) and one ``prob_<label>`` column per
         output unit (softmax probabilities), enough for calibration and
         error analysis without running the model again."""
         width = len(self.probabilities[0]) if self.probabilities else 0
@@ -251,7 +264,7 @@ class ClassificationBrain(sb.Brain):
             for clip, target, prediction, probs in zip(
                 self.stats.ids, self.stats.targets, self.stats.predictions, self.probabilities
             ):
-                score = max(probs)
+                score = probs[labels.index(prediction)]
                 writer.writerow([clip, target, prediction, f"{score:.6g}"] + [f"{p:.6g}" for p in probs])
 
     def fit_batch(self, batch):

@@ -10,8 +10,10 @@ it is removed by the next successful save.
 Each checkpoint also records the size and SHA-256 of its files
 (:data:`FILES_RECORD`). Resuming skips a checkpoint whose files changed
 since (truncated, overwritten, emptied), with a warning naming the file, and
-loads the next one; with none left, or when a file cannot be loaded, the
-error names the checkpoint and the file.
+loads the next one; with none left, when a file cannot be loaded, or when a
+checkpoint's ``CKPT.yaml`` or files record cannot be read, a
+:class:`CheckpointError` names the checkpoint and the file, and says which
+folder to delete to resume from the previous checkpoint (or start afresh).
 """
 
 import hashlib
@@ -24,6 +26,9 @@ import zipfile
 
 from speechbrain.utils import checkpoints as sb_checkpoints
 
+from speechbrain_petl.backbones.trained_state import FingerprintMismatch
+from speechbrain_petl.data.files import DamagedFileError, read_json, read_yaml
+
 logger = logging.getLogger(__name__)
 
 PENDING = sb_checkpoints.METAFNAME + ".pending"
@@ -33,7 +38,7 @@ FILES_RECORD = "files.json"
 LOAD_ERRORS = (RuntimeError, EOFError, OSError, ValueError, KeyError, pickle.UnpicklingError, zipfile.BadZipFile)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(DamagedFileError):
     """A checkpoint that cannot be loaded; the message names it and the file."""
 
 
@@ -65,8 +70,15 @@ def damaged_files(checkpoint):
     record = folder / FILES_RECORD
     if not record.is_file():
         return [(p.name, "empty file") for p in checkpoint.paramfiles.values() if p.stat().st_size == 0]
-    with open(record, encoding="utf-8") as fin:
-        saved = json.load(fin)
+    try:
+        saved = read_json(record)
+    except DamagedFileError as err:
+        return [(FILES_RECORD, f"{err.reason}; it records the files of the checkpoint, which cannot be checked")]
+    if not isinstance(saved, dict) or not all(
+        isinstance(v, dict) and isinstance(v.get("bytes"), int) and isinstance(v.get("sha256"), str)
+        for v in saved.values()
+    ):
+        return [(FILES_RECORD, "not a record of files ({name: {bytes, sha256}})")]
     problems = []
     for name, expected in sorted(saved.items()):
         path = folder / name
@@ -118,6 +130,28 @@ class Checkpointer(sb_checkpoints.Checkpointer):
         sb_checkpoints.ddp_barrier()
         return checkpoint
 
+    def list_checkpoints(self):
+        """SpeechBrain's, except that a ``CKPT.yaml`` that cannot be read (or
+        lacks what SpeechBrain writes in it) is a :class:`CheckpointError`
+        naming it, not a KeyError or a TypeError."""
+        checkpoints = []
+        for folder in self._list_checkpoint_dirs():
+            meta_file = folder / sb_checkpoints.METAFNAME
+            try:
+                meta = read_yaml(meta_file)
+            except DamagedFileError as err:
+                raise CheckpointError(meta_file, err.reason, self._damaged_advice(folder)) from None
+            missing = [key for key in ("end-of-epoch", "unixtime") if not isinstance(meta, dict) or key not in meta]
+            if missing:
+                raise CheckpointError(
+                    meta_file,
+                    f"no {missing} in it ({meta_file.stat().st_size} bytes: truncated or overwritten?)",
+                    self._damaged_advice(folder),
+                )
+            paramfiles = {p.stem: p for p in folder.iterdir() if p.suffix == sb_checkpoints.PARAMFILE_EXT}
+            checkpoints.append(sb_checkpoints.Checkpoint(folder, meta, paramfiles))
+        return checkpoints
+
     def recover_if_possible(self, importance_key=None, max_key=None, min_key=None, ckpt_predicate=None):
         """SpeechBrain's, except that a damaged checkpoint (see
         :func:`damaged_files`) is skipped with a warning for the next one in
@@ -139,7 +173,8 @@ class Checkpointer(sb_checkpoints.Checkpointer):
             raise CheckpointError(
                 f"No intact checkpoint in {self.checkpoints_dir}:\n  "
                 + "\n  ".join(f"{c.path}: {_describe(problems)}" for c, problems in damaged)
-                + "\nMove these folders away to start afresh (or restore the files from a backup)."
+                + "\nThe checkpoints are damaged: delete these folders to start the run afresh, "
+                "or restore them from a backup."
             )
         logger.info("Would load a checkpoint here, but none found yet.")
         return None
@@ -163,25 +198,45 @@ class Checkpointer(sb_checkpoints.Checkpointer):
                 raise RuntimeError(f"Don't know how to load {type(obj).__name__} ('{name}'): register a load hook.")
             try:
                 hook(obj, path, end_of_epoch)
+            except FingerprintMismatch:
+                raise  # not damage: another backbone, which every checkpoint of the run would meet
             except LOAD_ERRORS as err:
                 raise CheckpointError(self._load_error(checkpoint, path, err)) from None
 
     def _load_error(self, checkpoint, path, err):
-        if isinstance(err, pickle.UnpicklingError):
+        if isinstance(err, DamagedFileError) and err.reason:
+            reason = err.reason
+        elif isinstance(err, pickle.UnpicklingError):
             # (torch's own message suggests weights_only=False: never do that
             # for a file that may not be what it claims)
             reason = "it is not a tensors-only torch file (unpickling failed)"
         else:
             reason = str(err).strip() or type(err).__name__
-        older = [
-            c.path.name for c in self.find_checkpoints()
-            if c.path != checkpoint.path and not damaged_files(c)
-        ]
-        advice = (
-            f" Other intact checkpoint(s): {', '.join(older)}; move {checkpoint.path} away to resume from the most recent."
-            if older else ""
+        if (checkpoint.path / FILES_RECORD).is_file() and not damaged_files(checkpoint):
+            # The file is as it was saved: not damage, which deleting would not cure.
+            advice = (
+                f"{path.name} is as it was saved, for other settings of '{path.stem}' than this run's: "
+                "resume with the settings the run was saved with (its hyperparams.yaml)."
+            )
+        else:
+            advice = self._damaged_advice(checkpoint.path)
+        return f"Cannot load {path.name} of checkpoint {checkpoint.path}: {reason}. {advice}"
+
+    def _damaged_advice(self, folder):
+        """What to do about the damaged checkpoint ``folder``."""
+        others = sorted(
+            p.name for p in self.checkpoints_dir.iterdir()
+            if p != folder and self._is_checkpoint_dir(p)
         )
-        return f"Cannot load {path.name} of checkpoint {checkpoint.path}: {reason}.{advice}"
+        if others:
+            return (
+                f"The checkpoint is damaged: delete {folder} to resume from the previous one "
+                f"(other checkpoints: {', '.join(others)})."
+            )
+        return (
+            f"The checkpoint is damaged and it is the only one: delete {folder} to start the run "
+            "afresh, or restore it from a backup."
+        )
 
     def _remove_unfinished(self, keep):
         for folder in self.checkpoints_dir.iterdir():
