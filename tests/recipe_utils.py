@@ -61,3 +61,23 @@ def load_recipe_module(recipe, module):
     finally:
         sys.path.remove(str(folder))
     return loaded
+
+
+def train_tiny_lora_run(root):
+    """A finished LoRA Speech Commands run (SpeechBrain's debug epochs) on a
+    tiny AST, written under ``root``: ``{"out", "backbone", "data", "argv"}``
+    (``argv``: the command without ``--output_folder``)."""
+    from mini_datasets import make_speech_commands
+    from tiny import save_tiny_ast
+
+    root = pathlib.Path(root)
+    data = make_speech_commands(root / "speech_commands_v0.02")
+    backbone = save_tiny_ast(root / "backbone")
+    argv = [
+        str(REPO / "recipes" / "Google-speech-commands" / "PETL" / "hparams" / "lora_gsc.yaml"),
+        f"--data_folder={data}", f"--backbone_source={backbone}",
+        "--num_workers=0", "--device=cpu", "--debug", "--debug_persistently",
+    ]
+    out = root / "run"
+    load_recipe_module("Google-speech-commands", "train").main(argv + [f"--output_folder={out}"])
+    return {"out": out, "backbone": backbone, "data": data, "argv": argv}

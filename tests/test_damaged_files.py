@@ -9,8 +9,7 @@ import pytest
 import torch
 from speechbrain.utils.fetching import LocalStrategy
 
-from mini_datasets import make_speech_commands
-from recipe_utils import REPO, load_recipe_module
+from recipe_utils import load_recipe_module, train_tiny_lora_run
 from speechbrain_petl.backbones import AST
 from speechbrain_petl.backbones.trained_state import FingerprintMismatch
 from speechbrain_petl.data.files import DamagedFileError
@@ -126,17 +125,8 @@ def test_a_damaged_peft_adapter_names_the_file(name, how, adapter, tiny_ast_dir,
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """A finished LoRA Speech Commands run (debug epochs) on a tiny AST."""
-    root = tmp_path_factory.mktemp("damaged_run")
-    data = make_speech_commands(root / "speech_commands_v0.02")
-    backbone = save_tiny_ast(root / "backbone")
-    argv = [
-        str(REPO / "recipes" / "Google-speech-commands" / "PETL" / "hparams" / "lora_gsc.yaml"),
-        f"--data_folder={data}", f"--backbone_source={backbone}",
-        "--num_workers=0", "--device=cpu", "--debug", "--debug_persistently",
-    ]
-    train = load_recipe_module("Google-speech-commands", "train")
-    train.main(argv + [f"--output_folder={root / 'run'}"])
-    return {"out": root / "run", "train": train, "argv": argv}
+    run = train_tiny_lora_run(tmp_path_factory.mktemp("damaged_run"))
+    return {**run, "train": load_recipe_module("Google-speech-commands", "train")}
 
 
 @pytest.mark.parametrize("how", sorted(DAMAGES))

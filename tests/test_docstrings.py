@@ -19,7 +19,9 @@ def test_public_code_has_docstrings(path):
     missing = [] if ast.get_docstring(tree) else ["<module>"]
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            if not node.name.startswith("_") and not ast.get_docstring(node):
+            # SpeechBrain's check skips private functions, never a class
+            private = node.name.startswith("_") and not isinstance(node, ast.ClassDef)
+            if not private and not ast.get_docstring(node):
                 missing.append(f"{node.name} (line {node.lineno})")
     assert not missing, f"{path.relative_to(REPO)}: no docstring for {missing}"
 

@@ -8,8 +8,7 @@ import shutil
 import pytest
 import torch
 
-from mini_datasets import make_speech_commands
-from recipe_utils import REPO, load_recipe_module
+from recipe_utils import train_tiny_lora_run
 from speechbrain_petl.backbones import AST
 from speechbrain_petl.backbones.trained_state import FingerprintMismatch
 from speechbrain_petl.export import cli as export
@@ -25,14 +24,8 @@ def moved_run(tmp_path_factory):
     """A finished LoRA Speech Commands run (debug epochs, AST at 100 frames)
     whose tiny backbone was moved after training, and other weights."""
     root = tmp_path_factory.mktemp("moved_run")
-    data = make_speech_commands(root / "speech_commands_v0.02")
-    trained_on = save_tiny_ast(root / "backbone")
-    out = root / "run"
-    load_recipe_module("Google-speech-commands", "train").main([
-        str(REPO / "recipes" / "Google-speech-commands" / "PETL" / "hparams" / "lora_gsc.yaml"),
-        f"--data_folder={data}", f"--backbone_source={trained_on}", f"--output_folder={out}",
-        "--num_workers=0", "--device=cpu", "--debug", "--debug_persistently",
-    ])
+    run = train_tiny_lora_run(root)
+    out, data, trained_on = run["out"], run["data"], run["backbone"]
     moved = shutil.move(trained_on, root / "backbone_moved")
     return {
         "out": out,

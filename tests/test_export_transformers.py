@@ -23,8 +23,7 @@ from transformers import (
 )
 
 from method_zoo import conformer, perturb_petl_
-from mini_datasets import make_speech_commands
-from recipe_utils import REPO, load_recipe_module
+from recipe_utils import train_tiny_lora_run
 from speechbrain_petl.export import cli as export
 from speechbrain_petl.export import merged as merged_export
 from speechbrain_petl.export import peft as peft_export
@@ -337,15 +336,8 @@ def test_an_hf_shaped_head_travels_in_inference_folders(tiny_ast_dir, tmp_path):
 def lora_run(tmp_path_factory):
     """A LoRA Speech Commands run (debug epochs) on a tiny AST: the recipes'
     mean pooling and linear head, max_frames 100 on a 64-frame checkpoint."""
-    root = tmp_path_factory.mktemp("lora_run")
-    data = make_speech_commands(root / "speech_commands_v0.02")
-    backbone = save_tiny_ast(root / "backbone")
-    out = root / "run"
-    load_recipe_module("Google-speech-commands", "train").main([
-        str(REPO / "recipes" / "Google-speech-commands" / "PETL" / "hparams" / "lora_gsc.yaml"),
-        f"--data_folder={data}", f"--backbone_source={backbone}", f"--output_folder={out}",
-        "--num_workers=0", "--device=cpu", "--debug", "--debug_persistently",
-    ])
+    run = train_tiny_lora_run(tmp_path_factory.mktemp("lora_run"))
+    out, backbone = run["out"], run["backbone"]
     with open(out / "save" / "test.csv", newline="") as fin:
         wav = next(csv.DictReader(fin))["wav"]
     return {"out": out, "backbone": backbone, "wav": wav}

@@ -418,6 +418,8 @@ def ignored_keys(raw):
 
 
 class _Absent:
+    """Stands for a setting one side does not have (shown as ``(not set)``)."""
+
     def __repr__(self):
         return "(not set)"
 
