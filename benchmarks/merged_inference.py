@@ -35,6 +35,7 @@ from speechbrain_petl.methods import LoRA
 from speechbrain_petl.perf.measure import provenance, provenance_line
 
 
+@torch.no_grad()  # restored on return: callers in the same process keep their grad mode
 def main(argv):
     """Prints the median times and their ratio."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -45,7 +46,6 @@ def main(argv):
     parser.add_argument("--markdown", help="also write the result (with where, when and how it was measured) here")
     args = parser.parse_args(argv)
     facts = provenance("python benchmarks/merged_inference.py", argv)
-    torch.set_grad_enabled(False)
     with tempfile.TemporaryDirectory() as tmp:
         root = pathlib.Path(tmp)
         config = ASTConfig(max_length=args.frames)

@@ -20,9 +20,13 @@ per owner name, what was attached to it:
 * ``fold(owner, values)`` writes new values into the frozen module's
   parameters (merging) and keeps the originals, which ``unfold(owner)``
   puts back bit for bit;
-* ``route(rows)`` (one backbone serving several tasks in one batch): while
-  set, only the owners it names run, each on its own rows of the batch
-  (``{owner: LongTensor of batch indices, or None for every row}``),
+* routing (one backbone serving several tasks in one batch) is **not**
+  stored on the site: :func:`routing` sets it for the duration of a
+  ``with`` block in a :class:`contextvars.ContextVar`, so it is seen only by
+  the thread or asyncio task that set it, and only by the sites whose
+  :attr:`Site.route_key` it names (a backbone gives all its sites one key).
+  While set, only the owners it names run, each on its own rows of the
+  batch (``{owner: LongTensor of batch indices, or None for every row}``),
   whatever the active set. Hooks see just their rows; overridden parameters
   become per-sample tensors. Sites that change the number of tokens or keys
   (:class:`TokenSite`, :class:`KeyValueSite`) refuse an owner routed to part
@@ -57,17 +61,68 @@ True
 >>> site.skip({"double"})
 >>> torch.allclose(site(x), site.linear(x))
 True
+>>> site.skip(())
+>>> with routing(site.route_key, {"double": torch.tensor([1])}):
+...     y = site(x)
+>>> torch.equal(y[0], site.linear(x)[0]), torch.equal(y[1], 2 * site.linear(x)[1])
+(True, True)
 >>> site.remove_owner("double")
 >>> site.owners()
 set()
 """
 
 import abc
+import contextlib
+import contextvars
+import types
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+#: The routes of the current call: ``{route key: {owner: rows or None}}``.
+#: A context variable, so each thread and each asyncio task sees only the
+#: routes it set itself (see :func:`routing`); never mutated in place.
+_ROUTES = contextvars.ContextVar("speechbrain_petl_routes", default=types.MappingProxyType({}))
+
+
+class RouteKey:
+    """The key under which :func:`routing` routes a group of sites (a
+    backbone gives its sites one); compared by identity."""
+
+    __slots__ = ()
+
+    def __repr__(self):
+        return f"<RouteKey {id(self):#x}>"
+
+
+@contextlib.contextmanager
+def routing(key, rows):
+    """Within the block, and only in the calling thread or asyncio task,
+    the sites whose :attr:`Site.route_key` is ``key`` run only the owners in
+    ``rows`` (``{owner: LongTensor of batch indices, or None for every row}``),
+    each on its rows. Other keys' routes (outer blocks, other backbones) are
+    kept; the previous routes come back at the end of the block.
+
+    Example
+    -------
+    >>> site = SublayerSite()
+    >>> site.attach("a", lambda x, y, mask: y + 1)
+    >>> with routing(site.route_key, {}):
+    ...     site(torch.zeros(1, 2), lambda x, mask: x).tolist()
+    [[0.0, 0.0]]
+    >>> site(torch.zeros(1, 2), lambda x, mask: x).tolist()
+    [[1.0, 1.0]]
+    """
+    routes = dict(_ROUTES.get())
+    routes[key] = types.MappingProxyType(dict(rows))
+    token = _ROUTES.set(types.MappingProxyType(routes))
+    try:
+        yield
+    finally:
+        _ROUTES.reset(token)
 
 
 class Site(nn.Module):
@@ -80,7 +135,15 @@ class Site(nn.Module):
         # duplicate every PETL tensor in the backbone's state_dict.
         self._hooks: Dict[str, Callable] = {}
         self._skipped = frozenset()
-        self._routes: Optional[Dict[str, Optional[torch.Tensor]]] = None
+        #: The key :func:`routing` routes this site by (its backbone's, once
+        #: the backbone lists its sites; its own before).
+        self.route_key = RouteKey()
+
+    @property
+    def _routes(self) -> Optional[Dict[str, Optional[torch.Tensor]]]:
+        """This call's routes for this site (None: not routed); read from
+        the calling thread's or task's context, never stored here."""
+        return _ROUTES.get().get(self.route_key)
 
     def attach(self, name: str, hook: Callable):
         """Adds ``hook`` under ``name``; hooks run in the order attached."""
@@ -112,11 +175,6 @@ class Site(nn.Module):
         """Ignores the hooks (and overrides) of the owners in ``names`` from
         now on; ``skip(())`` runs everything again."""
         self._skipped = frozenset(names)
-
-    def route(self, rows):
-        """Runs only the owners in ``rows``, each on its rows of the batch
-        (see the module docstring); ``route(None)`` ends the routing."""
-        self._routes = None if rows is None else dict(rows)
 
     def _runs(self, owner):
         """Whether ``owner``'s hooks and overrides take part in a call."""
@@ -247,14 +305,15 @@ class _ParameterSite(Site, abc.ABC):
         part of the batch, a ``(batch, *shape)`` stack holding each sample's
         own values (its owner's override, else the frozen tensor)."""
         frozen = getattr(self.wrapped, name)
-        owners = [(o, v) for o, v in self._overrides.get(name, {}).items() if o in self._routes]
+        routes = self._routes
+        owners = [(o, v) for o, v in self._overrides.get(name, {}).items() if o in routes]
         if not owners:
             return frozen, False
-        if len(owners) == 1 and self._routes[owners[0][0]] is None:
+        if len(owners) == 1 and routes[owners[0][0]] is None:
             return owners[0][1], False
         choice = torch.zeros(batch, dtype=torch.long, device=frozen.device)
         for index, (owner, _) in enumerate(owners, start=1):
-            rows = self._routes[owner]
+            rows = routes[owner]
             choice[slice(None) if rows is None else rows] = index
         return torch.stack([frozen] + [value for _, value in owners])[choice], True
 

@@ -20,7 +20,7 @@ import contextlib
 from torch import nn
 
 from speechbrain_petl.methods.base import PETLMethod
-from speechbrain_petl.sites import KeyValueSite, Site, TokenSite, _ParameterSite
+from speechbrain_petl.sites import KeyValueSite, RouteKey, Site, TokenSite, _ParameterSite, routing
 
 
 class NotMergeable(TypeError):
@@ -95,20 +95,55 @@ class MethodHost:
 
     @property
     def active(self):
-        """Names of the methods that take part in the forward pass."""
-        return [name for name in self.petl if name not in self._inactive]
+        """Names of the methods that take part in the forward pass.
+
+        A method that trains the backbone's own weights (full fine-tuning)
+        always does, even if attached with ``active=False``: its state is
+        those weights."""
+        return [
+            name for name, method in self.petl.items()
+            if name not in self._inactive or method.trains_backbone_weights
+        ]
 
     def set_active(self, names):
-        """Makes exactly ``names`` active (the others stay attached, unused).
+        """Makes exactly ``names`` active (the others stay attached, unused):
+        outputs are then those of the backbone with only ``names`` attached.
 
         Refused when two active methods would replace the same frozen tensor
-        or both insert tokens, and for a merged method left out (its update
-        is in the weights: unmerge it first).
+        or both insert tokens, for a merged method left out (its update is
+        in the weights: unmerge it first), and for a method that trains the
+        backbone's own weights left out (``FullFineTuning``: the weights
+        are its state, and no plain copy is kept). The active set is then
+        unchanged.
+
+        Example
+        -------
+        >>> from speechbrain_petl.backbones import AST, tiny_config
+        >>> from speechbrain_petl.methods import FullFineTuning, LoRA
+        >>> ast = AST(tiny_config("ast"), pretrained=False, max_frames=64, petl=LoRA(rank=2))
+        >>> ast.set_active([])
+        >>> ast.active
+        []
+        >>> ast.attach(FullFineTuning())
+        >>> ast.set_active(["lora"])
+        Traceback (most recent call last):
+        ...
+        RuntimeError: ['full'] train the backbone's own weights: ...
+        >>> ast.active
+        ['full']
         """
         names = [names] if isinstance(names, str) else list(names)
         for name in names:
             self._method(name)
         inactive = set(self.petl) - set(names)
+        in_weights = [name for name in self.petl if name in inactive and self.petl[name].trains_backbone_weights]
+        if in_weights:
+            raise RuntimeError(
+                f"{in_weights} train the backbone's own weights: every forward pass uses them, "
+                "active or not, and the plain weights are not kept. Keep them in set_active([...]); "
+                "for the plain backbone's outputs, build the backbone again from its source "
+                f"(detach('{in_weights[0]}') restores it only while its weights are unchanged)."
+            )
         merged_off = sorted(inactive & self.merged)
         if merged_off:
             raise RuntimeError(f"{merged_off} are merged into the weights; unmerge them before deactivating.")
@@ -238,6 +273,11 @@ class MethodHost:
         every row}``; the active set is ignored meanwhile. One forward pass
         then serves several tasks (see :class:`speechbrain_petl.inference.MultiTaskClassifier`).
 
+        The routes live in a context variable (:func:`speechbrain_petl.sites.routing`),
+        not on the sites: they are seen only by the thread or asyncio task
+        inside the block, and only by this backbone's sites, so concurrent
+        calls with other routes (or on other backbones) never mix.
+
         Methods that change the number of tokens or keys (prompts, prefixes;
         :meth:`needs_own_batch`) can only be routed to a whole batch.
 
@@ -258,14 +298,9 @@ class MethodHost:
         merged = sorted(set(rows) & self.merged)
         if merged:
             raise RuntimeError(f"{merged} are merged into the weights: a routed method must not be merged.")
-        sites = self.sites()
-        for site in sites:
-            site.route(rows)
-        try:
+        self.named_sites()  # gives every site this backbone's route key
+        with routing(self._route_key(), rows):
             yield self
-        finally:
-            for site in sites:
-                site.route(None)
 
     def needs_own_batch(self, name):
         """Whether method ``name`` changes the number of tokens or keys
@@ -296,6 +331,9 @@ class MethodHost:
                 (path, module) for path, module in self.named_modules()
                 if isinstance(module, Site) and not path.startswith("petl.")
             )
+            key = self._route_key()
+            for _, site in cached:
+                site.route_key = key
             # A plain attribute (not registered): the sites are the backbone's own modules.
             self.__dict__["_named_sites"] = cached
         return list(cached)
@@ -303,6 +341,12 @@ class MethodHost:
     def sites(self):
         """Every site of the backbone (see :meth:`named_sites`)."""
         return [site for _, site in self.named_sites()]
+
+    def _route_key(self):
+        """The key :meth:`routed` routes this backbone's sites by (one per
+        backbone, kept in ``__dict__``: not a module, not state)."""
+        # setdefault: atomic, so threads racing here still agree on one key.
+        return self.__dict__.setdefault("_route_key_value", RouteKey())
 
     def _forget_sites(self):
         self.__dict__.pop("_named_sites", None)

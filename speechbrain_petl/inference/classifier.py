@@ -169,7 +169,7 @@ def checked_batch(wavs, wav_lens=None):
     >>> checked_batch(torch.zeros(2, 10), torch.tensor([1.0, 1.5]))
     Traceback (most recent call last):
      ...
-    ValueError: wav_lens must be relative lengths in (0, 1]; clip 1 of the batch has 1.5
+    ValueError: wav_lens must be relative lengths in (0, 1]; clip 1 of the batch has 1.5 (no clip was classified)
     """
     if not isinstance(wavs, torch.Tensor) or wavs.dim() != 2:
         shape = tuple(wavs.shape) if isinstance(wavs, torch.Tensor) else type(wavs).__name__
@@ -180,6 +180,8 @@ def checked_batch(wavs, wav_lens=None):
             "convert integer PCM first (int16: wavs.float() / 32768)"
         )
     batch = wavs.shape[0]
+    if batch == 0:
+        raise ValueError("classify_batch got an empty batch (0 clips): nothing to classify.")
     if wav_lens is None:
         wav_lens = torch.ones(batch)
     if not isinstance(wav_lens, torch.Tensor) or wav_lens.shape != (batch,):
@@ -187,13 +189,93 @@ def checked_batch(wavs, wav_lens=None):
         raise ValueError(f"wav_lens must have shape ({batch},), got {shape}")
     if not wav_lens.is_floating_point():
         wav_lens = wav_lens.float()
-    outside = ~((wav_lens > 0) & (wav_lens <= 1))
-    if outside.any():
-        clip = int(outside.nonzero()[0])
-        raise ValueError(
-            f"wav_lens must be relative lengths in (0, 1]; clip {clip} of the batch has {wav_lens[clip].item()}"
-        )
+    outside = (~((wav_lens > 0) & (wav_lens <= 1))).nonzero().flatten().tolist()
+    if outside:
+        found = "; ".join(f"clip {clip} of the batch has {wav_lens[clip].item()}" for clip in outside)
+        raise ValueError(f"wav_lens must be relative lengths in (0, 1]; {found} (no clip was classified)")
     return wavs, wav_lens
+
+
+def clip_problem(wav, min_samples, sample_rate):
+    """Why the 1-D clip ``wav`` cannot be classified, or None when it can:
+    empty, NaN/Inf samples, or fewer than ``min_samples`` samples (the
+    lobe's ``min_samples``).
+
+    Example
+    -------
+    >>> clip_problem(torch.zeros(0), 1, 16000), clip_problem(torch.ones(80), 400, 16000)
+    ('is empty: no audio samples to classify', 'has 80 samples; this model needs at least 400 (25 ms at 16000 Hz)')
+    >>> clip_problem(torch.ones(400), 400, 16000) is None
+    True
+    """
+    if wav.numel() == 0:
+        return "is empty: no audio samples to classify"
+    finite = torch.isfinite(wav)
+    if not finite.all():
+        return f"holds {int((~finite).sum())} NaN/Inf samples of {wav.numel()}"
+    if wav.numel() < min_samples:
+        return (
+            f"has {wav.numel()} samples; this model needs at least {min_samples} "
+            f"({1000 * min_samples / sample_rate:.0f} ms at {sample_rate} Hz)"
+        )
+    return None
+
+
+def check_clips(clips, names, min_samples, sample_rate, paddings=None):
+    """The clip checks of every inference interface (``AudioClassifier``,
+    ``MultiTaskClassifier``; ``classify_batch``, ``classify_file(s)``):
+    refuses the whole call, with one ValueError naming **every** bad clip
+    and why (:func:`clip_problem`; NaN/Inf in a row's zero padding too),
+    so that no clip is classified and no bad clip is skipped.
+
+    Arguments
+    ---------
+    clips : list of torch.Tensor
+        1-D clips (a batch row up to its length, or a file's samples).
+    names : list of str
+        How errors name each clip (``clip i of the batch``, its file).
+    min_samples : int or list of int
+        The shortest clip each clip's model takes (one value for all, or one per clip).
+    sample_rate : int
+        For the messages.
+    paddings : list of torch.Tensor, optional
+        Each batch row past its length (must be finite).
+
+    Example
+    -------
+    >>> wavs = torch.ones(3, 4)
+    >>> wavs[2, 1] = float("nan")
+    >>> check_clips([wavs[0, :4], wavs[1, :0], wavs[2, :4]], ["clip 0", "clip 1", "clip 2"], 1, 16000)
+    Traceback (most recent call last):
+     ...
+    ValueError: 2 of 3 clips cannot be classified (none was): clip 1 is empty: no audio samples to classify; clip 2 holds 1 NaN/Inf samples of 4.
+    """
+    if isinstance(min_samples, int):
+        min_samples = [min_samples] * len(clips)
+    problems = []
+    for i, (clip, name, minimum) in enumerate(zip(clips, names, min_samples)):
+        why = clip_problem(clip, minimum, sample_rate)
+        if why is None and paddings is not None and not torch.isfinite(paddings[i]).all():
+            why = f"holds {int((~torch.isfinite(paddings[i])).sum())} NaN/Inf samples in its padding (past its wav_lens)"
+        if why is not None:
+            problems.append(f"{name} {why}")
+    if len(problems) == 1:
+        raise ValueError(problems[0] + ".")
+    if problems:
+        raise ValueError(
+            f"{len(problems)} of {len(clips)} clips cannot be classified (none was): " + "; ".join(problems) + "."
+        )
+
+
+def check_batch_clips(wavs, lengths, min_samples, sample_rate):
+    """:func:`check_clips` on the rows of a checked batch (``lengths`` from
+    :func:`clip_lengths`; clips named ``clip i of the batch``)."""
+    check_clips(
+        [wavs[i, :length] for i, length in enumerate(lengths)],
+        [f"clip {i} of the batch" for i in range(len(lengths))],
+        min_samples, sample_rate,
+        paddings=[wavs[i, length:] for i, length in enumerate(lengths)],
+    )
 
 
 def clip_lengths(wavs, wav_lens):
@@ -252,7 +334,9 @@ class AudioClassifier(EncoderClassifier):
     (0, 1] are refused. A clip shorter than the lobe's ``min_samples`` is
     refused (Wav2Vec2: shorter than its CNN's receptive field); AST accepts
     any non-empty clip and zero-pads it, as it pads every clip to
-    ``max_frames``.
+    ``max_frames``. A batch holding a bad clip is refused whole, with one
+    error naming every bad clip (:func:`check_clips`, which
+    ``MultiTaskClassifier`` calls too).
 
     Outputs: an output unit no training label maps to (a head wider than
     the labels, ``<unused output i>``) keeps its log-probability but is
@@ -403,9 +487,8 @@ class AudioClassifier(EncoderClassifier):
         """
         wavs, wav_lens = checked_batch(wavs, wav_lens)
         lengths = clip_lengths(wavs, wav_lens)
+        check_batch_clips(wavs, lengths, self.mods.embedding_model.min_samples, self.sample_rate)
         names = [f"clip {i} of the batch" for i in range(len(lengths))]
-        for i, length in enumerate(lengths):
-            self._check_clip(wavs[i, :length], names[i])
         return self._classify(wavs, wav_lens, lengths, names, long_clips)
 
     def classify_file(self, path, long_clips=None):
@@ -414,7 +497,7 @@ class AudioClassifier(EncoderClassifier):
         of one (``long_clips`` as there)."""
         path = str(path)
         wav = read_clip(path, self.sample_rate)
-        self._check_clip(wav, path)
+        check_clips([wav], [path], self.mods.embedding_model.min_samples, self.sample_rate)
         return self._classify(wav.unsqueeze(0), torch.ones(1), [len(wav)], [path], long_clips)
 
     def _classify(self, wavs, wav_lens, lengths, names, long_clips):
@@ -440,16 +523,3 @@ class AudioClassifier(EncoderClassifier):
     def _log_probs(self, wavs, wav_lens):
         """``(batch, classes)`` log-probabilities, as ``EncoderClassifier`` computes them."""
         return self.mods.classifier(self.encode_batch(wavs, wav_lens)).squeeze(1)
-
-    def _check_clip(self, wav, what):
-        if wav.numel() == 0:
-            raise ValueError(f"{what} is empty: no audio samples to classify.")
-        if not torch.isfinite(wav).all():
-            bad = int((~torch.isfinite(wav)).sum())
-            raise ValueError(f"{what} holds {bad} NaN/Inf samples of {wav.numel()}.")
-        minimum = self.mods.embedding_model.min_samples
-        if wav.numel() < minimum:
-            raise ValueError(
-                f"{what} has {wav.numel()} samples; this model needs at least {minimum} "
-                f"({1000 * minimum / self.sample_rate:.0f} ms at {self.sample_rate} Hz)."
-            )

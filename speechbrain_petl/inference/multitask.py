@@ -33,7 +33,17 @@ classified in windows or refused as ``long_clips`` says
 (:data:`~speechbrain_petl.inference.classifier.LONG_CLIP_POLICIES`), as
 :class:`~speechbrain_petl.inference.AudioClassifier` does.
 Full fine-tuning cannot share a backbone and is refused.
+
+Serving: calls may run from many threads or asyncio tasks at once (each
+call's routes live in a context variable, never on the shared sites), and
+:meth:`MultiTaskClassifier.add_task` / :meth:`MultiTaskClassifier.remove_task`
+change the tasks of a running classifier: calls share a readers-writer
+lock, a change takes it alone for the moment it attaches or detaches, so a
+call sees the tasks wholly before or wholly after a change.
 """
+
+import contextlib
+import threading
 
 import torch
 
@@ -41,6 +51,8 @@ from speechbrain_petl.backbones import Backbone
 from speechbrain_petl.data.audio import read_clip
 from speechbrain_petl.inference.classifier import (
     FirstTime,
+    check_batch_clips,
+    check_clips,
     check_long_clips,
     checked_batch,
     classify_spans,
@@ -73,8 +85,10 @@ class Task:
         written before the lobe's ``max_samples`` recorded it).
     """
 
-    def __init__(self, name, lobe, methods, head, labels, folder, max_audio_samples=None):
+    def __init__(self, name, lobe, methods, head, labels, folder, max_audio_samples=None, settings_key=None):
         self.name = name
+        #: The lobe settings it needs (tasks with equal keys share a lobe).
+        self.settings_key = settings_key
         self.lobe = lobe
         self.methods = list(methods)
         self.head = head
@@ -132,12 +146,21 @@ class MultiTaskClassifier(torch.nn.Module):
     (3, True)
     """
 
-    def __init__(self, tasks, sample_rate=16000, long_clips="crop"):
+    def __init__(self, tasks, sample_rate=16000, long_clips="crop", backbone_source=None):
         super().__init__()
         self.tasks = dict(tasks)
+        if not self.tasks:
+            raise ValueError("A MultiTaskClassifier needs at least one task.")
         self.sample_rate = sample_rate
         self.long_clips = check_long_clips(long_clips)
+        #: Where :meth:`add_task` loads a lobe for new settings from (None:
+        #: the source the task's folder records).
+        self.backbone_source = backbone_source
         self._crop_notice = FirstTime()
+        # Calls share it; add_task/remove_task publish under it alone.
+        self._calls = ReadersWriterLock()
+        # One add_task/remove_task at a time (calls go on meanwhile).
+        self._changes = threading.Lock()
         lobes = []
         for task in self.tasks.values():
             if not any(task.lobe is lobe for lobe in lobes):
@@ -166,6 +189,7 @@ class MultiTaskClassifier(torch.nn.Module):
         backbone_source : str, optional
             Where the frozen weights are, instead of the source the first
             folder records (every folder's fingerprint is checked anyway).
+            :meth:`add_task` loads from there too.
         device : str
             Where the modules run.
         overrides : dict, optional
@@ -186,25 +210,121 @@ class MultiTaskClassifier(torch.nn.Module):
         tasks = {}
         sample_rates = {}
         for name, folder in folders.items():
-            if not isinstance(name, str) or not name or "." in name:
-                raise ValueError(f"Task names must be non-empty strings without dots, got {name!r}")
+            _check_task_name(name)
             task_folder = InferenceFolder.read(folder, overrides.get(name))
             sample_rates[name] = task_folder.sample_rate
-            key = (task_folder.lobe_class, repr(sorted(task_folder.lobe_settings.items())))
+            key = _settings_key(task_folder)
             if key not in lobes:
                 lobe = task_folder.lobe(backbone_source)
                 first = next(iter(lobes.values()), None)
                 if first is not None:
                     _share_frozen_tensors(first, lobe, folder)
                 lobes[key] = lobe
-            tasks[name] = _attach_task(name, task_folder, lobes[key])
+            tasks[name] = _attach_task(name, task_folder, lobes[key], key)
         if len(set(sample_rates.values())) > 1:
             raise ValueError(f"The tasks expect different sample rates: {sample_rates}; serve them separately.")
-        return cls(tasks, sample_rate=next(iter(sample_rates.values())), long_clips=long_clips).to(device)
+        server = cls(tasks, sample_rate=next(iter(sample_rates.values())), long_clips=long_clips,
+                     backbone_source=backbone_source)
+        return server.to(device)
+
+    def add_task(self, name, folder, overrides=None):
+        """Loads one more inference folder onto the running classifier.
+
+        The task's methods attach to the lobe of its settings group; a task
+        with new lobe settings gets a lobe of its own that shares every
+        frozen tensor of equal content with the others (as
+        :meth:`from_folders` does: that lobe is read from
+        :attr:`backbone_source`, or the folder's source, then its duplicate
+        tensors are dropped). Calls from other threads go on while the
+        folder is read; the task is then attached and published alone
+        (calls wait a moment), so a call sees it wholly or not at all.
+        Refused, changing nothing, for a name in use, another sample rate,
+        a folder of another backbone (fingerprint) or full fine-tuning.
+
+        Example
+        -------
+        >>> from speechbrain_petl.backbones import AST, tiny_config
+        >>> from speechbrain_petl.methods import BitFit, LoRA
+        >>> from speechbrain_petl.inference.folder import label_encoder, write_inference_folder
+        >>> tmp = getfixture("tmp_path")
+        >>> AST(tiny_config("ast"), pretrained=False, max_frames=64).save_pretrained(tmp / "ast")
+        >>> for name, method in [("dogs", LoRA(rank=2)), ("rain", BitFit())]:
+        ...     lobe = AST(str(tmp / "ast"), max_frames=64, petl=method)
+        ...     _ = write_inference_folder(tmp / name, lobe, torch.nn.Linear(32, 2), label_encoder(["no", "yes"]))
+        >>> server = MultiTaskClassifier.from_folders({"dogs": tmp / "dogs"})
+        >>> before = server.resident_bytes()
+        >>> server.add_task("rain", tmp / "rain")
+        >>> server.classify_batch(torch.randn(2, 8000), tasks=["rain", "dogs"])[3][0] in ("no", "yes")
+        True
+        >>> server.remove_task("rain")
+        >>> sorted(server.tasks), server.resident_bytes() == before
+        (['dogs'], True)
+        """
+        _check_task_name(name)
+        task_folder = InferenceFolder.read(folder, overrides)
+        if task_folder.sample_rate != self.sample_rate:
+            raise ValueError(
+                f"{folder} expects {task_folder.sample_rate} Hz, the classifier's tasks {self.sample_rate} Hz; "
+                "serve it separately."
+            )
+        key = _settings_key(task_folder)
+        with self._changes:
+            self._refuse_taken(name)
+            lobe = next((task.lobe for task in self.tasks.values() if task.settings_key == key), None)
+            new_lobe = lobe is None
+            if new_lobe:
+                lobe = task_folder.lobe(self.backbone_source)
+                _share_frozen_tensors(self.lobes[0], lobe, folder)
+                lobe.to(self._device())
+            with self._calls.writing():
+                task = _attach_task(name, task_folder, lobe, key)
+                for method in task.methods:
+                    lobe.petl[method].to(self._device())
+                task.head.to(self._device())
+                self.tasks[name] = task
+                self.heads[name] = task.head
+                if new_lobe:
+                    self.lobes.append(lobe)
+
+    def remove_task(self, name):
+        """Removes task ``name``: its methods detach from their lobe, its
+        head goes, and a lobe no task uses any more is dropped, so memory
+        returns to what it was before the task came (:meth:`resident_bytes`).
+        Calls running meanwhile finish first; later calls naming it are
+        refused as unknown. The last task cannot be removed (the
+        classifier holds the backbone for its tasks; add another first)."""
+        with self._changes, self._calls.writing():
+            if name not in self.tasks:
+                raise KeyError(f"No task named {name!r}; loaded: {sorted(self.tasks)}")
+            if len(self.tasks) == 1:
+                raise ValueError(
+                    f"{name!r} is the classifier's last task; add another before removing it "
+                    "(the classifier keeps the backbone for its tasks)."
+                )
+            task = self.tasks[name]
+            for method in task.methods:
+                task.lobe.detach(method)
+            del self.tasks[name]
+            del self.heads[name]
+            if not any(other.lobe is task.lobe for other in self.tasks.values()):
+                self.lobes = torch.nn.ModuleList([lobe for lobe in self.lobes if lobe is not task.lobe])
+
+    def _refuse_taken(self, name):
+        if name in self.tasks:
+            raise ValueError(f"A task named {name!r} is loaded already; remove_task({name!r}) first.")
+
+    def _device(self):
+        return next(self.lobes[0].parameters()).device
 
     # -------------------------------------------------------------- inference
     def classify_batch(self, wavs, wav_lens=None, tasks=None, long_clips=None):
         """Classifies each clip of ``(batch, samples)`` waveforms with its task.
+
+        Safe from many threads or asyncio tasks at once, also while tasks
+        are added or removed. A batch with a bad clip (empty, NaN/Inf
+        samples, too short for its task's lobe, a relative length outside
+        (0, 1], an unknown task) is refused whole, with one error naming
+        every bad clip; no clip is classified.
 
         Arguments
         ---------
@@ -229,13 +349,23 @@ class MultiTaskClassifier(torch.nn.Module):
         if tasks is None or isinstance(tasks, str) or len(tasks) != batch:
             found = "none" if tasks is None else repr(tasks) if isinstance(tasks, str) else f"{len(tasks)} names"
             raise ValueError(f"tasks must name the task of each of the {batch} clips, got {found}")
-        unknown = sorted(set(tasks) - set(self.tasks))
-        if unknown:
-            raise KeyError(f"Unknown tasks {unknown}; loaded: {sorted(self.tasks)}")
         tasks = list(tasks)
+        names = [f"clip {i} of the batch" for i in range(batch)]
         lengths = clip_lengths(wavs, wav_lens)
-        return self._classify(wavs, wav_lens, lengths, tasks, [f"clip {i} of the batch" for i in range(batch)],
-                              long_clips)
+        with self._calls.reading():
+            self._check_tasks(tasks, names)
+            check_batch_clips(wavs, lengths, [self.tasks[task].lobe.min_samples for task in tasks], self.sample_rate)
+            return self._classify(wavs, wav_lens, lengths, tasks, names, long_clips)
+
+    def _check_tasks(self, tasks, names):
+        """Refuses task names not loaded, naming the clips that ask for them."""
+        unknown = {}
+        for task, name in zip(tasks, names):
+            if task not in self.tasks:
+                unknown.setdefault(task, []).append(name)
+        if unknown:
+            where = "; ".join(f"{task!r}: {', '.join(clips)}" for task, clips in unknown.items())
+            raise KeyError(f"Unknown tasks {sorted(unknown, key=str)} ({where}); loaded: {sorted(self.tasks)}")
 
     def _classify(self, wavs, wav_lens, lengths, tasks, names, long_clips):
         """The ``classify_batch`` tuple, each clip longer than its task's
@@ -320,25 +450,85 @@ class MultiTaskClassifier(torch.nn.Module):
     def classify_files(self, paths, tasks, long_clips=None):
         """Classifies audio files, each with its task (the ``classify_batch``
         tuple); files are resampled, and long ones handled as ``long_clips``
-        says (as in ``classify_batch``; errors and notices name the file)."""
+        says (as in ``classify_batch``; errors and notices name the file).
+        Files that cannot be classified are refused as in ``classify_batch``:
+        the whole call, naming every bad file."""
+        paths, tasks = list(paths), list(tasks)
+        if not paths:
+            raise ValueError("classify_files got no files: nothing to classify.")
         if len(paths) != len(tasks):
             raise ValueError(f"{len(paths)} files but {len(tasks)} task names.")
-        clips = []
-        for path, task in zip(paths, tasks):
-            if task not in self.tasks:
-                raise KeyError(f"Unknown task {task!r}; loaded: {sorted(self.tasks)}")
-            clips.append(read_clip(path, self.sample_rate))
-        longest = max(len(clip) for clip in clips)
-        wavs = torch.zeros(len(clips), longest)
-        for i, clip in enumerate(clips):
-            wavs[i, : len(clip)] = clip
-        wav_lens = torch.tensor([len(clip) / longest for clip in clips])
-        return self._classify(wavs, wav_lens, [len(clip) for clip in clips], list(tasks), [str(p) for p in paths],
-                              long_clips)
+        names = [str(path) for path in paths]
+        with self._calls.reading():
+            self._check_tasks(tasks, names)
+        clips = [read_clip(path, self.sample_rate) for path in paths]
+        with self._calls.reading():
+            self._check_tasks(tasks, names)  # again: a task may have gone meanwhile
+            check_clips(clips, names, [self.tasks[task].lobe.min_samples for task in tasks], self.sample_rate)
+            longest = max(len(clip) for clip in clips)
+            wavs = torch.zeros(len(clips), longest)
+            for i, clip in enumerate(clips):
+                wavs[i, : len(clip)] = clip
+            wav_lens = torch.tensor([len(clip) / longest for clip in clips])
+            return self._classify(wavs, wav_lens, [len(clip) for clip in clips], tasks, names, long_clips)
 
     def resident_bytes(self):
         """Bytes of every distinct tensor the classifier holds (shared ones once)."""
-        return resident_bytes(self)
+        with self._calls.reading():
+            return resident_bytes(self)
+
+
+class ReadersWriterLock:
+    """Many readers at once, or one writer alone; a waiting writer keeps new
+    readers out, so it is not starved by a stream of calls. Not reentrant.
+
+    Example
+    -------
+    >>> lock = ReadersWriterLock()
+    >>> with lock.reading(), lock.reading():  # readers share
+    ...     pass
+    >>> with lock.writing():
+    ...     pass
+    """
+
+    def __init__(self):
+        self._condition = threading.Condition()
+        self._readers = 0
+        self._writing = False
+        self._writers_waiting = 0
+
+    @contextlib.contextmanager
+    def reading(self):
+        """Held by a call for its whole duration."""
+        with self._condition:
+            while self._writing or self._writers_waiting:
+                self._condition.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._readers -= 1
+                if not self._readers:
+                    self._condition.notify_all()
+
+    @contextlib.contextmanager
+    def writing(self):
+        """Held alone, while no call runs."""
+        with self._condition:
+            self._writers_waiting += 1
+            try:
+                while self._writing or self._readers:
+                    self._condition.wait()
+            finally:
+                self._writers_waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._writing = False
+                self._condition.notify_all()
 
 
 def resident_bytes(*modules):
@@ -383,9 +573,20 @@ def _share_frozen_tensors(first, lobe, folder):
             setattr(lobe.get_submodule(owner_path), leaf, other)
 
 
-def _attach_task(name, folder, lobe):
+def _check_task_name(name):
+    if not isinstance(name, str) or not name or "." in name:
+        raise ValueError(f"Task names must be non-empty strings without dots, got {name!r}")
+
+
+def _settings_key(folder):
+    """Tasks whose folders give equal keys share a lobe."""
+    return (folder.lobe_class, repr(sorted(folder.lobe_settings.items())))
+
+
+def _attach_task(name, folder, lobe, settings_key=None):
     """Attaches the folder's methods to ``lobe`` under the task's name and
-    loads their trained tensors, after checking the fingerprint."""
+    loads their trained tensors, after checking the fingerprint; on any
+    failure, what was attached is detached again (the lobe is left as it was)."""
     ckpt = folder.path / "embedding_model.ckpt"
     trained = folder.trained_state()
     state = trained["state"]
@@ -399,22 +600,30 @@ def _attach_task(name, folder, lobe):
     lobe.check_fingerprint(trained["fingerprint"], source=str(ckpt))
     head = folder.head().eval()
     folder.check_settings(lobe, methods, head)
-    names = []
-    for original, method in methods.items():
-        attached = name if len(methods) == 1 else f"{name}_{original}"
-        lobe.attach(method, attached, active=False)
-        prefix = f"petl.{original}."
-        own = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
-        try:
-            method.load_state_dict(own, strict=True)
-        except RuntimeError as err:
-            raise RuntimeError(f"{ckpt}: the tensors of method '{original}' do not fit it: {err}") from None
-        method.eval()
-        names.append(attached)
     unused = sorted(key for key in state if not any(key.startswith(f"petl.{o}.") for o in methods))
     if unused:
         raise RuntimeError(f"{ckpt} holds tensors of no method the yaml names: {unused[:5]}")
-    return Task(name, lobe, names, head, folder.labels, str(folder.path), folder.max_audio_samples)
+    names = []
+    done = False
+    try:
+        for original, method in methods.items():
+            attached = name if len(methods) == 1 else f"{name}_{original}"
+            lobe.attach(method, attached, active=False)
+            names.append(attached)
+            prefix = f"petl.{original}."
+            own = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+            try:
+                method.load_state_dict(own, strict=True)
+            except RuntimeError as err:
+                raise RuntimeError(f"{ckpt}: the tensors of method '{original}' do not fit it: {err}") from None
+            method.eval()
+        task = Task(name, lobe, names, head, folder.labels, str(folder.path), folder.max_audio_samples, settings_key)
+        done = True
+    finally:
+        if not done:
+            for attached in reversed(names):
+                lobe.detach(attached)
+    return task
 
 
-__all__ = ["MultiTaskClassifier", "Task", "resident_bytes"]
+__all__ = ["MultiTaskClassifier", "ReadersWriterLock", "Task", "resident_bytes"]

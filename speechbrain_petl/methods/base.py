@@ -45,7 +45,8 @@ class PETLMethod(nn.Module, abc.ABC):
     inserts_tokens = False
 
     #: True for methods that train the backbone's own tensors (full
-    #: fine-tuning): their state already is in the weights, nothing to merge.
+    #: fine-tuning): their state already is in the weights, nothing to merge,
+    #: and they cannot be deactivated (``backbone.set_active`` refuses).
     trains_backbone_weights = False
 
     def attach(self, backbone, name):

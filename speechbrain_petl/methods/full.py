@@ -14,10 +14,19 @@ class FullFineTuning(PETLMethod):
     Unfrozen backbone tensors are part of the lobe's trainable state, so a
     checkpoint of a fully fine-tuned lobe holds the whole model.
 
+    Its state is the backbone's own weights, and no plain copy of them is
+    kept (it would double the model's memory). So it is always active:
+    ``backbone.set_active`` refuses to leave it out, and ``backbone.active``
+    lists it even when attached with ``active=False``. To compute with the
+    plain backbone, build it again from its source; ``backbone.detach``
+    restores it only while the weights are unchanged (the example of
+    ``MethodHost.set_active`` shows the refusal).
+
     Example
     -------
-    >>> FullFineTuning(layers=[-3, -2, -1]).layer_selection
-    [-3, -2, -1]
+    >>> method = FullFineTuning(layers=[-3, -2, -1])
+    >>> method.layer_selection, method.trains_backbone_weights
+    ([-3, -2, -1], True)
     """
 
     default_name = "full"

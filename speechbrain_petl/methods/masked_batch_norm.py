@@ -26,6 +26,14 @@ class MaskedBatchNorm1d(nn.Module):
     is deliberately no subclass of BatchNorm: SpeechBrain's DDP wrapping
     would replace it by a SyncBatchNorm, which counts padding.
 
+    Training needs at least 2 real frames (as BatchNorm1d needs 2 values
+    per channel). The forward never reads a device tensor's value (no
+    GPU-to-CPU sync): the count is checked on the host where it is there
+    for free (CPU tensors, or no mask in a single process), raising a
+    ValueError as before. On an accelerator a batch with 0 or 1 real frames
+    gives NaN outputs (a non-finite loss) and leaves the running statistics
+    and ``num_batches_tracked`` as they were.
+
     Arguments
     ---------
     num_features : int
@@ -83,6 +91,8 @@ class MaskedBatchNorm1d(nn.Module):
             out = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
             return out.to(dtype)
         if mask is None:
+            if not _distributed():  # every frame is real: the count is known on the host
+                _refuse_too_few(x.shape[0] * x.shape[2])
             mask = torch.ones(x.shape[0], x.shape[2], dtype=torch.bool, device=x.device)
         if mask.shape != (x.shape[0], x.shape[2]):
             raise ValueError(
@@ -91,35 +101,57 @@ class MaskedBatchNorm1d(nn.Module):
         real = mask.unsqueeze(1).to(x.dtype)  # (batch, 1, time)
         sums = _sum_over_processes(torch.cat([real.sum().reshape(1), (x * real).sum(dim=(0, 2))]))
         count, total = sums[0], sums[1:]
-        if count < 2:
-            raise ValueError(
-                f"MaskedBatchNorm1d: expected more than 1 real frame per channel when training, got {int(count)}"
-            )
+        if count.device.type == "cpu":  # on the host already: reading it syncs nothing
+            _refuse_too_few(count)
+        enough = count >= 2  # a device tensor: never branched on in Python
         mean = total / count
         centred = x - mean[None, :, None]
         var = _sum_over_processes((centred.square() * real).sum(dim=(0, 2))) / count
         if self.training and self.track_running_stats:
-            self._update_running_stats(mean, var, count)
-        out = centred * torch.rsqrt(var + self.eps)[None, :, None]
+            self._update_running_stats(mean, var, count, enough)
+        # NaN for every output of a batch with too few real frames (accelerators only)
+        scale = torch.where(enough, torch.rsqrt(var + self.eps), torch.nan)
+        out = centred * scale[None, :, None]
         if self.affine:
             out = out * self.weight[None, :, None] + self.bias[None, :, None]
         return out.to(dtype)
 
-    def _update_running_stats(self, mean, var, count):
+    def _update_running_stats(self, mean, var, count, enough):
         """As :class:`torch.nn.BatchNorm1d`: ``momentum`` or a cumulative
-        average, and the unbiased variance."""
-        self.num_batches_tracked.add_(1)
-        factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        average, and the unbiased variance; unchanged unless ``enough``
+        (a device bool), all without reading a device value."""
         with torch.no_grad():
-            self.running_mean.mul_(1 - factor).add_(factor * mean.detach())
-            self.running_var.mul_(1 - factor).add_(factor * var.detach() * count / (count - 1))
+            tracked = self.num_batches_tracked + enough.long()
+            if self.momentum is None:  # 1 / batches, in float64 as a Python float would be
+                factor = 1.0 / tracked.double()
+            else:
+                factor = self.momentum
+            running_mean = self.running_mean.mul(1 - factor).add(factor * mean.detach())
+            running_var = self.running_var.mul(1 - factor).add(factor * var.detach() * count / (count - 1))
+            self.running_mean.copy_(torch.where(enough, running_mean, self.running_mean))
+            self.running_var.copy_(torch.where(enough, running_var, self.running_var))
+            self.num_batches_tracked.copy_(tracked)
+
+
+def _refuse_too_few(count):
+    """Raises the ValueError of a training batch with fewer than 2 real
+    frames; ``count`` is an int or a CPU tensor (read on the host)."""
+    if count < 2:
+        raise ValueError(
+            f"MaskedBatchNorm1d: expected more than 1 real frame per channel when training, got {int(count)}"
+        )
 
 
 def _sum_over_processes(values):
     """``values`` summed over the processes of a distributed run (gradients
     flow back to every process), or as they are in a single process."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if _distributed():
         from torch.distributed.nn.functional import all_reduce
 
         values = all_reduce(values)
     return values
+
+
+def _distributed():
+    """Whether an initialised process group has more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
