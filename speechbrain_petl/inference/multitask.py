@@ -248,10 +248,11 @@ class MultiTaskClassifier(torch.nn.Module):
         >>> from speechbrain_petl.inference.folder import label_encoder, write_inference_folder
         >>> tmp = getfixture("tmp_path")
         >>> AST(tiny_config("ast"), pretrained=False, max_frames=64).save_pretrained(tmp / "ast")
-        >>> for name, method in [("dogs", LoRA(rank=2)), ("rain", BitFit())]:
-        ...     lobe = AST(str(tmp / "ast"), max_frames=64, petl=method)
-        ...     _ = write_inference_folder(tmp / name, lobe, torch.nn.Linear(32, 2), label_encoder(["no", "yes"]))
-        >>> server = MultiTaskClassifier.from_folders({"dogs": tmp / "dogs"})
+        >>> def task_folder(name, method):
+        ...     lobe, head = AST(str(tmp / "ast"), max_frames=64, petl=method), torch.nn.Linear(32, 2)
+        ...     return write_inference_folder(tmp / name, lobe, head, label_encoder(["no", "yes"]))
+        >>> _ = task_folder("rain", BitFit())
+        >>> server = MultiTaskClassifier.from_folders({"dogs": task_folder("dogs", LoRA(rank=2))})
         >>> before = server.resident_bytes()
         >>> server.add_task("rain", tmp / "rain")
         >>> server.classify_batch(torch.randn(2, 8000), tasks=["rain", "dogs"])[3][0] in ("no", "yes")
