@@ -214,13 +214,9 @@ class MultiTaskClassifier(torch.nn.Module):
             task_folder = InferenceFolder.read(folder, overrides.get(name))
             sample_rates[name] = task_folder.sample_rate
             key = _settings_key(task_folder)
-            if key not in lobes:
-                lobe = task_folder.lobe(backbone_source)
-                first = next(iter(lobes.values()), None)
-                if first is not None:
-                    _share_frozen_tensors(first, lobe, folder)
-                lobes[key] = lobe
-            tasks[name] = _attach_task(name, task_folder, lobes[key], key)
+            lobe, _ = _lobe_for(task_folder, key, lobes, backbone_source)
+            lobes[key] = lobe
+            tasks[name] = _attach_task(name, task_folder, lobe, key)
         if len(set(sample_rates.values())) > 1:
             raise ValueError(f"The tasks expect different sample rates: {sample_rates}; serve them separately.")
         server = cls(tasks, sample_rate=next(iter(sample_rates.values())), long_clips=long_clips,
@@ -271,11 +267,9 @@ class MultiTaskClassifier(torch.nn.Module):
         key = _settings_key(task_folder)
         with self._changes:
             self._refuse_taken(name)
-            lobe = next((task.lobe for task in self.tasks.values() if task.settings_key == key), None)
-            new_lobe = lobe is None
+            lobes = {task.settings_key: task.lobe for task in self.tasks.values()}
+            lobe, new_lobe = _lobe_for(task_folder, key, lobes, self.backbone_source)
             if new_lobe:
-                lobe = task_folder.lobe(self.backbone_source)
-                _share_frozen_tensors(self.lobes[0], lobe, folder)
                 lobe.to(self._device())
             with self._calls.writing():
                 task = _attach_task(name, task_folder, lobe, key)
@@ -554,6 +548,18 @@ def resident_bytes(*modules):
                 seen.add(storage.data_ptr())
                 total += storage.nbytes()
     return total
+
+
+def _lobe_for(task_folder, key, lobes, backbone_source):
+    """``(lobe, new)``: the lobe of settings ``key`` among ``lobes``
+    (``{key: lobe}``), or a new one read from ``backbone_source`` (else the
+    folder's source) that shares every equal frozen tensor with the others."""
+    if key in lobes:
+        return lobes[key], False
+    lobe = task_folder.lobe(backbone_source)
+    if lobes:
+        _share_frozen_tensors(next(iter(lobes.values())), lobe, task_folder.path)
+    return lobe, True
 
 
 def _share_frozen_tensors(first, lobe, folder):
