@@ -75,11 +75,13 @@ BACKBONES = {
 }
 
 
-def make_task_folders(root, backbone_folder, names, seed=0):
-    """One inference folder per recipe yaml, with randomised trained tensors."""
+def make_task_folders(root, backbone_folder, names, seed=0, recipes=None):
+    """One inference folder per task name, with randomised trained tensors:
+    the recipe yaml ``recipes[name]`` (default: the yaml named ``name``)."""
     folders = {}
     for index, name in enumerate(names):
-        with open(HPARAMS / f"{name}_gsc.yaml") as fin:
+        recipe = (recipes or {}).get(name, name)
+        with open(HPARAMS / f"{recipe}_gsc.yaml") as fin:
             hparams = load_hyperpyyaml(
                 fin,
                 {
@@ -155,6 +157,106 @@ def table_markdown(rows):
             f"{r['mixed_s'] / r['separate_s']:.2f} |"
         )
     return "\n".join(lines)
+
+
+# -------------------------------------------------------------- hot path mode
+#: The hot path mode's goals (stated in its output, never asserted).
+MAX_MIXED_RATIO = 1.10
+MAX_OVERHEAD = 0.10
+#: Hot path mode: N LoRA tasks for the mixed batch.
+MIXED_TASKS = 8
+
+
+def interleaved_medians(functions, rounds):
+    """``{name: median seconds}``: each round calls every function once, in
+    turn, so that a drift of the machine's speed touches all of them alike
+    (after two warm-up rounds)."""
+    times = {name: [] for name in functions}
+    for round_index in range(rounds + 2):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            if round_index >= 2:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def hot_path(root, backbone, rounds, samples):
+    """The hot path measures of one backbone (see ``--hot_path``)."""
+    backbone_folder = root / backbone / "ast"
+    ASTModel(BACKBONES[backbone][1]()).save_pretrained(backbone_folder)
+    lora = [f"lora{i}" for i in range(MIXED_TASKS)]
+    folders = make_task_folders(root / backbone, backbone_folder, lora + ["linear"],
+                                recipes={name: "lora" for name in lora})
+    server = MultiTaskClassifier.from_folders(folders)
+    single = AudioClassifier.from_hparams(source=str(folders["lora0"]), savedir=str(root / backbone / "single"))
+    plain = ASTModel.from_pretrained(backbone_folder).eval()
+    features = server.lobes[0].features  # the recipe's fbank: what any user of the backbone computes
+    generator = torch.Generator().manual_seed(0)
+    one = 0.1 * torch.randn(1, samples, generator=generator)
+    batch = 0.1 * torch.randn(MIXED_TASKS, samples, generator=generator)
+    times = interleaved_medians(
+        {
+            "plain_1": lambda: plain(features(one)),
+            "linear_1": lambda: server.classify_batch(one, tasks=["linear"]),
+            "lora_1": lambda: server.classify_batch(one, tasks=["lora0"]),
+            "single_1": lambda: single.classify_batch(one),
+            "mixed_8": lambda: server.classify_batch(batch, tasks=lora),
+            "one_task_8": lambda: server.classify_batch(batch, tasks=["lora0"] * MIXED_TASKS),
+            "single_8": lambda: single.classify_batch(batch),
+        },
+        rounds,
+    )
+    return {"backbone": backbone, "rounds": rounds, **{f"{name}_s": value for name, value in times.items()}}
+
+
+def hot_path_markdown(rows):
+    """The hot path tables and goals as markdown lines (without provenance)."""
+    ms = lambda seconds: f"{1000 * seconds:.2f}"  # noqa: E731
+    lines = [
+        "Batch of 1 clip. *Plain backbone*: the recipe's fbank, then transformers' `ASTModel` (no PETL code). "
+        "*Overhead*: a `MultiTaskClassifier` call for a linear-probing task (its only computation beyond the "
+        "plain backbone is its head, a width x classes product) against the plain backbone: clip checks, "
+        "routing, sites, pooling, head, labels.",
+        "",
+        "| backbone | plain backbone (ms) | MultiTask, linear probe (ms) | overhead | MultiTask, LoRA (ms) "
+        "| vs plain | AudioClassifier, LoRA (ms) | vs plain |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        plain = r["plain_1_s"]
+        lines.append(
+            f"| {BACKBONES[r['backbone']][0]} | {ms(plain)} | {ms(r['linear_1_s'])} | "
+            f"{100 * (r['linear_1_s'] / plain - 1):+.1f} % | {ms(r['lora_1_s'])} | {r['lora_1_s'] / plain:.3f} | "
+            f"{ms(r['single_1_s'])} | {r['single_1_s'] / plain:.3f} |"
+        )
+    lines += [
+        "",
+        f"Batch of {MIXED_TASKS} clips: one clip of each of {MIXED_TASKS} LoRA tasks in one call (*mixed*), "
+        f"against {MIXED_TASKS} clips of one LoRA task, on the same `MultiTaskClassifier` and on that task's "
+        "own `AudioClassifier`.",
+        "",
+        f"| backbone | mixed, {MIXED_TASKS} tasks (ms) | one task, MultiTask (ms) | ratio | one task, "
+        "AudioClassifier (ms) | ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {BACKBONES[r['backbone']][0]} | {ms(r['mixed_8_s'])} | {ms(r['one_task_8_s'])} | "
+            f"{r['mixed_8_s'] / r['one_task_8_s']:.3f} | {ms(r['single_8_s'])} | {r['mixed_8_s'] / r['single_8_s']:.3f} |"
+        )
+    lines += ["", "Goals (measured, not asserted):", ""]
+    for r in rows:
+        name = BACKBONES[r["backbone"]][0]
+        overhead = r["linear_1_s"] / r["plain_1_s"] - 1
+        mixed = r["mixed_8_s"] / r["one_task_8_s"]
+        lines += [
+            f"* {name}, per-call overhead at batch 1 at most {100 * MAX_OVERHEAD:g} % of the plain backbone: "
+            f"{100 * overhead:+.1f} % ({'met' if overhead <= MAX_OVERHEAD else 'NOT met'})",
+            f"* {name}, mixed batch of {MIXED_TASKS} LoRA tasks at most {MAX_MIXED_RATIO:.2f}x one task's batch: "
+            f"{mixed:.3f}x ({'met' if mixed <= MAX_MIXED_RATIO else 'NOT met'})",
+        ]
+    return lines
 
 
 # ------------------------------------------------------------------ load mode
@@ -361,6 +463,11 @@ def parse_args(argv):
                         help="clip length (Speech Commands: 1 s); load mode: the longest clip")
     parser.add_argument("--backbone", choices=sorted(BACKBONES), default="base", help="AST-base or a tiny AST")
     parser.add_argument("--threads", type=int, help="load mode: this many client threads")
+    parser.add_argument("--hot_path", action="store_true",
+                        help="hot path mode: per-call overhead at batch 1 and a mixed batch of 8 LoRA tasks")
+    parser.add_argument("--backbones", default="tiny,base",
+                        help="hot path mode: the backbones measured, comma separated")
+    parser.add_argument("--rounds", type=int, default=30, help="hot path mode: timed rounds (median)")
     parser.add_argument("--duration", type=float, default=60.0, help="load mode: seconds the clients send requests")
     parser.add_argument("--load_tasks", type=int, default=len(YAMLS), help="load mode: tasks loaded (at most 8)")
     parser.add_argument("--pool", type=int, default=64, help="load mode: distinct requests")
@@ -371,6 +478,15 @@ def parse_args(argv):
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--markdown", help="also write the report (with where, when and how it was measured) here")
     args = parser.parse_args(argv)
+    if args.hot_path:
+        if args.threads is not None:
+            parser.error("--hot_path and --threads are two modes: give one")
+        args.backbone_list = args.backbones.split(",")
+        unknown = sorted(set(args.backbone_list) - set(BACKBONES))
+        if unknown or args.rounds < 1:
+            parser.error(f"--backbones takes names among {sorted(BACKBONES)} (got {unknown}); --rounds at least 1")
+        args.counts = []
+        return args
     args.counts = [int(n) for n in args.tasks.split(",")] if args.threads is None else []
     if args.threads is None and (not args.counts or max(args.counts) > len(YAMLS) or min(args.counts) < 1):
         parser.error(f"--tasks takes numbers from 1 to {len(YAMLS)}")
@@ -391,10 +507,20 @@ def main(argv):
     args = parse_args(argv)
     facts = provenance("python benchmarks/multitask_serving.py", argv)
     backbone_name, config = BACKBONES[args.backbone]
-    names = YAMLS[: args.load_tasks] if args.threads is not None else YAMLS[: max(args.counts)]
+    names = YAMLS[: args.load_tasks] if args.threads is not None else YAMLS[: max(args.counts, default=0)]
     samples = int(16000 * args.seconds)
     with tempfile.TemporaryDirectory() as tmp:
         root = pathlib.Path(tmp)
+        if args.hot_path:
+            results = [hot_path(root, name, args.rounds, samples) for name in args.backbone_list]
+            text = "\n".join([provenance_line(facts), f"Median of {args.rounds} interleaved rounds; random weights, "
+                              f"{args.seconds:g} s clips.", "", *hot_path_markdown(results), ""])
+            print(text)
+            if args.markdown:
+                pathlib.Path(args.markdown).write_text(text)
+            if args.json:
+                pathlib.Path(args.json).write_text(json.dumps({"provenance": facts, "hot_path": results}, indent=2))
+            return results
         ASTModel(config()).save_pretrained(root / "ast")
         folders = make_task_folders(root, root / "ast", names)
         if args.threads is None:

@@ -82,10 +82,39 @@ import torch.nn.functional as F
 from torch import nn
 
 
-#: The routes of the current call: ``{route key: {owner: rows or None}}``.
-#: A context variable, so each thread and each asyncio task sees only the
-#: routes it set itself (see :func:`routing`); never mutated in place.
+#: The routes of the current call: ``{route key: _Routes}``. A context
+#: variable, so each thread and each asyncio task sees only the routes it set
+#: itself (see :func:`routing`); never mutated in place.
 _ROUTES = contextvars.ContextVar("speechbrain_petl_routes", default=types.MappingProxyType({}))
+
+#: How many plans (see :meth:`Site._plan`) a site keeps: one per set of
+#: routed owners seen, plus the active set's; beyond, the cache starts afresh.
+MAX_PLANS = 64
+
+
+class _Routes:
+    """One :func:`routing` block's routes for one key: ``rows``
+    (``{owner: LongTensor or None}``, read-only) and ``owners``, the
+    frozenset of their names (hashed once: it keys the sites' plans)."""
+
+    __slots__ = ("rows", "owners")
+
+    def __init__(self, rows):
+        self.rows = types.MappingProxyType(dict(rows))
+        self.owners = frozenset(self.rows)
+
+
+class _Plan:
+    """What runs at a site for one set of routed owners (or for the active
+    set): ``hooks``, the ``(owner, hook)`` pairs in order, and ``overrides``,
+    ``{parameter name: ((owner, value), ...)}`` of the owners that run.
+    Computed when that set is first seen after a change, not on every call."""
+
+    __slots__ = ("hooks", "overrides")
+
+    def __init__(self, hooks, overrides=None):
+        self.hooks = hooks
+        self.overrides = overrides or {}
 
 
 class RouteKey:
@@ -117,7 +146,7 @@ def routing(key, rows):
     [[1.0, 1.0]]
     """
     routes = dict(_ROUTES.get())
-    routes[key] = types.MappingProxyType(dict(rows))
+    routes[key] = _Routes(rows)
     token = _ROUTES.set(types.MappingProxyType(routes))
     try:
         yield
@@ -126,7 +155,13 @@ def routing(key, rows):
 
 
 class Site(nn.Module):
-    """Base class: a named place that holds hooks keyed by owner name."""
+    """Base class: a named place that holds hooks keyed by owner name.
+
+    What runs at a site is decided by its owners, the skipped ones, the
+    folded ones and, in a :func:`routing` block, the routed ones. A site
+    works that out once per set of routed owners (and once for the active
+    set) after each change, in a :class:`_Plan`, so a call only looks its
+    plan up (:meth:`_plan`)."""
 
     def __init__(self):
         super().__init__()
@@ -138,12 +173,47 @@ class Site(nn.Module):
         #: The key :func:`routing` routes this site by (its backbone's, once
         #: the backbone lists its sites; its own before).
         self.route_key = RouteKey()
+        # {frozenset of routed owners, or None for the active set: _Plan}
+        self._plans = {}
 
-    @property
-    def _routes(self) -> Optional[Dict[str, Optional[torch.Tensor]]]:
+    def _changed(self):
+        """Forgets the plans: owners, skipped or folded ones have changed.
+        A new dict, so a call still holding the old one never sees a half
+        updated cache."""
+        self._plans = {}
+
+    def _call_routes(self) -> Optional[_Routes]:
         """This call's routes for this site (None: not routed); read from
         the calling thread's or task's context, never stored here."""
         return _ROUTES.get().get(self.route_key)
+
+    @property
+    def _routes(self) -> Optional[Dict[str, Optional[torch.Tensor]]]:
+        """This call's rows per routed owner (None: not routed)."""
+        routes = self._call_routes()
+        return None if routes is None else routes.rows
+
+    def _plan(self, routes: Optional[_Routes]) -> _Plan:
+        """The plan for ``routes`` (None: the active set), made on first use."""
+        key = None if routes is None else routes.owners
+        plans = self._plans
+        plan = plans.get(key)
+        if plan is None:
+            plan = self._make_plan(key)
+            if len(plans) >= MAX_PLANS:
+                plans = self._plans = {}
+            plans[key] = plan
+        return plan
+
+    def _runs_in(self, owner, routed):
+        """Whether ``owner`` runs when the owners ``routed`` are routed
+        (None: not routed, the active set decides)."""
+        if routed is not None:
+            return owner in routed
+        return owner not in self._skipped
+
+    def _make_plan(self, routed):
+        return _Plan(tuple((name, hook) for name, hook in self._hooks.items() if self._runs_in(name, routed)))
 
     def attach(self, name: str, hook: Callable):
         """Adds ``hook`` under ``name``; hooks run in the order attached."""
@@ -153,10 +223,12 @@ class Site(nn.Module):
                 "give the second method another name."
             )
         self._hooks[name] = hook
+        self._changed()
 
     def remove_owner(self, name: str):
         """Removes everything ``name`` attached here (nothing if it has nothing)."""
         self._hooks.pop(name, None)
+        self._changed()
 
     def owners(self):
         """Names of the owners with something attached here."""
@@ -174,19 +246,24 @@ class Site(nn.Module):
     def skip(self, names):
         """Ignores the hooks (and overrides) of the owners in ``names`` from
         now on; ``skip(())`` runs everything again."""
-        self._skipped = frozenset(names)
+        names = frozenset(names)
+        if names != self._skipped:
+            self._skipped = names
+            self._changed()
 
     def _runs(self, owner):
-        """Whether ``owner``'s hooks and overrides take part in a call."""
-        if self._routes is not None:
-            return owner in self._routes
-        return owner not in self._skipped
+        """Whether ``owner``'s hooks and overrides take part in this call."""
+        routes = self._call_routes()
+        return self._runs_in(owner, None if routes is None else routes.owners)
 
     def running_hooks(self):
-        """``(owner, hook, rows)`` of the hooks that run, in order; ``rows``
-        is None when the hook sees the whole batch."""
-        routes = self._routes or {}
-        return [(name, hook, routes.get(name)) for name, hook in self._hooks.items() if self._runs(name)]
+        """``(owner, hook, rows)`` of the hooks that run in this call, in
+        order; ``rows`` is None when the hook sees the whole batch."""
+        routes = self._call_routes()
+        plan = self._plan(routes)
+        if routes is None:
+            return [(name, hook, None) for name, hook in plan.hooks]
+        return [(name, hook, routes.rows[name]) for name, hook in plan.hooks]
 
     def active_hooks(self):
         """The hooks that run, in order."""
@@ -204,6 +281,25 @@ class Site(nn.Module):
             hooks.append(hook)
         return hooks
 
+    def _apply_hooks(self, plan, routes, x, y, *extra):
+        """``y`` after the plan's hooks (``hook(x, y, *extra)``), each on its
+        rows. Without autograd, routed rows are written into ``y`` in place
+        (no full-size copy per owner) once ``y`` is known to be this call's
+        own tensor: the site's output, not an input a hook passed through."""
+        if routes is None:
+            for _, hook in plan.hooks:
+                y = hook(x, y, *extra)
+            return y
+        in_place = not torch.is_grad_enabled() and not _shares_memory(x, y)
+        for name, hook in plan.hooks:
+            rows = routes.rows[name]
+            if rows is None:
+                y = hook(x, y, *extra)
+                in_place = in_place and not _shares_memory(x, y)
+            else:
+                y = on_rows(rows, hook, x, y, *extra, in_place=in_place)
+        return y
+
     def may_train(self):
         """Whether autograd may be needed here: an active hook runs (its
         method's tensors may train) or, at parameter sites, a tensor in use
@@ -211,10 +307,17 @@ class Site(nn.Module):
         return bool(self.active_hooks())
 
 
-def on_rows(rows, hook, x, y, *extra):
+def _shares_memory(x, y):
+    """Whether ``y`` lives in ``x``'s memory (a hook that passed its input through)."""
+    return x is y or x.untyped_storage().data_ptr() == y.untyped_storage().data_ptr()
+
+
+def on_rows(rows, hook, x, y, *extra, in_place=False):
     """``hook(x, y, *extra)`` applied to the ``rows`` of the batch only (all
     rows when ``rows`` is None); the other rows of ``y`` pass unchanged.
-    ``extra`` are batch-first tensors or None (e.g. a padding mask).
+    ``extra`` are batch-first tensors or None (e.g. a padding mask). With
+    ``in_place`` the rows are written into ``y`` itself (no autograd, and
+    ``y`` held by no one else) instead of into a copy.
 
     Example
     -------
@@ -225,6 +328,8 @@ def on_rows(rows, hook, x, y, *extra):
     if rows is None:
         return hook(x, y, *extra)
     pick = [None if t is None else t.index_select(0, rows) for t in (x, y) + extra]
+    if in_place:
+        return y.index_copy_(0, rows, hook(*pick))
     return y.index_copy(0, rows, hook(*pick))
 
 
@@ -266,15 +371,16 @@ class _ParameterSite(Site, abc.ABC):
         if owner in owners:
             raise ValueError(f"'{owner}' already overrides '{param_name}' at this site.")
         owners[owner] = value
+        self._changed()
 
     def remove_owner(self, name: str):
         """Removes the hooks and overrides of ``name`` (refused while it is folded)."""
         if self.folded_owners() & {name}:
             raise RuntimeError(f"'{name}' is merged into this site's weights; unmerge it first.")
-        super().remove_owner(name)
         for owners in self._overrides.values():
             owners.pop(name, None)
         self._overrides = {k: v for k, v in self._overrides.items() if v}
+        super().remove_owner(name)
 
     def owners(self):
         """Names of the owners with hooks or overrides here."""
@@ -291,29 +397,47 @@ class _ParameterSite(Site, abc.ABC):
                     "active at a time (see backbone.set_active)."
                 )
 
+    def _make_plan(self, routed):
+        runs = lambda owner: self._runs_in(owner, routed) and not self._is_folded(owner)  # noqa: E731
+        overrides = {
+            param_name: tuple((owner, value) for owner, value in owners.items() if runs(owner))
+            for param_name, owners in self._overrides.items()
+        }
+        return _Plan(
+            tuple((name, hook) for name, hook in self._hooks.items() if runs(name)),
+            {param_name: owners for param_name, owners in overrides.items() if owners},
+        )
+
     def param(self, name: str) -> Optional[torch.Tensor]:
-        """The tensor to use for ``name``: the active override, else the
-        frozen one (which holds the override's values once it is folded)."""
-        for owner, value in self._overrides.get(name, {}).items():
-            if self._runs(owner):
-                return value
+        """The tensor to use for ``name`` in this call (not routed): the
+        active override, else the frozen one (which holds the override's
+        values once it is folded)."""
+        return self._param(self._plan(self._call_routes()), name)
+
+    def _param(self, plan, name):
+        owners = plan.overrides.get(name)
+        if owners:
+            return owners[0][1]
         return getattr(self.wrapped, name)
 
     def routed_param(self, name: str, batch: int):
-        """``(tensor, per_sample)`` for ``name`` under routing: the shared
-        tensor (``per_sample`` False), or, when routed owners override it for
-        part of the batch, a ``(batch, *shape)`` stack holding each sample's
-        own values (its owner's override, else the frozen tensor)."""
+        """``(tensor, per_sample)`` for ``name`` in this routed call: the
+        shared tensor (``per_sample`` False), or, when routed owners override
+        it for part of the batch, a ``(batch, *shape)`` stack holding each
+        sample's own values (its owner's override, else the frozen tensor)."""
+        routes = self._call_routes()
+        return self._routed_param(self._plan(routes), routes, name, batch)
+
+    def _routed_param(self, plan, routes, name, batch):
+        owners = plan.overrides.get(name)
         frozen = getattr(self.wrapped, name)
-        routes = self._routes
-        owners = [(o, v) for o, v in self._overrides.get(name, {}).items() if o in routes]
         if not owners:
             return frozen, False
-        if len(owners) == 1 and routes[owners[0][0]] is None:
+        if len(owners) == 1 and routes.rows[owners[0][0]] is None:
             return owners[0][1], False
         choice = torch.zeros(batch, dtype=torch.long, device=frozen.device)
         for index, (owner, _) in enumerate(owners, start=1):
-            rows = routes[owner]
+            rows = routes.rows[owner]
             choice[slice(None) if rows is None else rows] = index
         return torch.stack([frozen] + [value for _, value in owners])[choice], True
 
@@ -341,6 +465,7 @@ class _ParameterSite(Site, abc.ABC):
                 target = self.wrapped.get_parameter(param_name)
                 self._folds.setdefault(param_name, []).append((owner, target.detach().clone()))
                 target.copy_(value)
+        self._changed()
 
     def unfold(self, owner: str):
         """Puts back, bit for bit, the parameters ``owner`` folded. Folds into
@@ -356,15 +481,12 @@ class _ParameterSite(Site, abc.ABC):
                 if stack and stack[-1][0] == owner:
                     self.wrapped.get_parameter(param_name).copy_(stack.pop()[1])
         self._folds = {k: v for k, v in self._folds.items() if v}
+        self._changed()
 
     def folded_owners(self):
         """Owners whose values are folded into the wrapped module's weights."""
         return {owner for stack in self._folds.values() for owner, _ in stack}
 
-    def _run_hooks(self, x, y):
-        for _, hook, rows in self.running_hooks():
-            y = on_rows(rows, hook, x, y)
-        return y
 
 
 class LinearSite(_ParameterSite):
@@ -403,18 +525,24 @@ class LinearSite(_ParameterSite):
 
     def forward(self, x):
         """Runs the site on ``x`` (see the class docstring for the hooks' signature)."""
-        if self._routes is None:
-            y = F.linear(x, self.param("weight"), self.param("bias"))
-            return self._run_hooks(x, y)
-        weight, per_sample = self.routed_param("weight", x.shape[0])
+        routes = self._call_routes()
+        plan = self._plan(routes)
+        if not plan.overrides:  # the frozen projection, maybe with hooks
+            linear = self.linear
+            y = F.linear(x, linear.weight, linear.bias)
+            return self._apply_hooks(plan, routes, x, y) if plan.hooks else y
+        if routes is None:
+            y = F.linear(x, self._param(plan, "weight"), self._param(plan, "bias"))
+            return self._apply_hooks(plan, None, x, y)
+        weight, per_sample = self._routed_param(plan, routes, "weight", x.shape[0])
         if per_sample:
             raise RuntimeError("Routed owners replace this projection's weight for part of the batch: not supported.")
-        bias, per_sample = self.routed_param("bias", x.shape[0])
+        bias, per_sample = self._routed_param(plan, routes, "bias", x.shape[0])
         if per_sample:
             y = F.linear(x, weight) + _per_row(bias, x)
         else:
             y = F.linear(x, weight, bias)
-        return self._run_hooks(x, y)
+        return self._apply_hooks(plan, routes, x, y)
 
 
 class NormSite(_ParameterSite):
@@ -438,17 +566,23 @@ class NormSite(_ParameterSite):
 
     def forward(self, x):
         """Runs the site on ``x`` (see the class docstring for the hooks' signature)."""
-        if self._routes is None:
-            y = F.layer_norm(x, self.norm.normalized_shape, self.param("weight"), self.param("bias"), self.norm.eps)
-            return self._run_hooks(x, y)
-        weight, weight_per_sample = self.routed_param("weight", x.shape[0])
-        bias, bias_per_sample = self.routed_param("bias", x.shape[0])
+        routes = self._call_routes()
+        plan = self._plan(routes)
+        norm = self.norm
+        if not plan.overrides:  # the frozen norm, maybe with hooks
+            y = F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+            return self._apply_hooks(plan, routes, x, y) if plan.hooks else y
+        if routes is None:
+            y = F.layer_norm(x, norm.normalized_shape, self._param(plan, "weight"), self._param(plan, "bias"), norm.eps)
+            return self._apply_hooks(plan, None, x, y)
+        weight, weight_per_sample = self._routed_param(plan, routes, "weight", x.shape[0])
+        bias, bias_per_sample = self._routed_param(plan, routes, "bias", x.shape[0])
         if weight_per_sample or bias_per_sample:
-            y = F.layer_norm(x, self.norm.normalized_shape, None, None, self.norm.eps)
+            y = F.layer_norm(x, norm.normalized_shape, None, None, norm.eps)
             y = y * _per_row(weight, x, weight_per_sample) + _per_row(bias, x, bias_per_sample)
         else:
-            y = F.layer_norm(x, self.norm.normalized_shape, weight, bias, self.norm.eps)
-        return self._run_hooks(x, y)
+            y = F.layer_norm(x, norm.normalized_shape, weight, bias, norm.eps)
+        return self._apply_hooks(plan, routes, x, y)
 
 
 class SublayerSite(Site):
@@ -468,10 +602,12 @@ class SublayerSite(Site):
 
     def forward(self, x, sublayer, mask=None):
         """Runs the site on ``x`` (see the class docstring for the hooks' signature)."""
+        routes = self._call_routes()
+        plan = self._plan(routes)
         y = sublayer(x, mask)
-        for _, hook, rows in self.running_hooks():
-            y = on_rows(rows, hook, x, y, mask)
-        return y
+        if not plan.hooks:
+            return y
+        return self._apply_hooks(plan, routes, x, y, mask)
 
 
 class TokenSite(Site):
@@ -487,6 +623,8 @@ class TokenSite(Site):
 
     def forward(self, x, mask=None):
         """Runs the site on ``x`` (see the class docstring for the hooks' signature)."""
+        if not self._hooks:  # the common case: nothing inserts tokens here
+            return x, mask
         for hook in self._whole_batch_hooks():
             x, mask = hook(x, mask)
         return x, mask
@@ -505,6 +643,8 @@ class KeyValueSite(Site):
 
     def forward(self, keys, values, mask=None):
         """Runs the site on ``x`` (see the class docstring for the hooks' signature)."""
+        if not self._hooks:
+            return keys, values, mask
         for hook in self._whole_batch_hooks():
             keys, values, mask = hook(keys, values, mask)
         return keys, values, mask

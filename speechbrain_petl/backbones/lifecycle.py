@@ -171,21 +171,33 @@ class MethodHost:
             raise RuntimeError(f"'{name}' is inactive; activate it before merging.")
         if name in self.merged:
             raise RuntimeError(f"'{name}' is merged already.")
-        method.merge(self, name)
+        try:
+            method.merge(self, name)
+        finally:
+            self.__dict__.pop("_merged", None)
 
     def unmerge(self, name):
         """Restores the frozen weights ``merge(name)`` changed, bit for bit."""
         self._method(name)
         if name not in self.merged:
             raise RuntimeError(f"'{name}' is not merged.")
-        for site in self.sites():
-            if name in site.folded_owners():
-                site.unfold(name)
+        try:
+            for site in self.sites():
+                if name in site.folded_owners():
+                    site.unfold(name)
+        finally:
+            self.__dict__.pop("_merged", None)
 
     @property
     def merged(self):
-        """Names of the methods folded into the frozen weights."""
-        return {owner for site in self.sites() for owner in site.folded_owners()}
+        """Names of the methods folded into the frozen weights (read from
+        the sites after each merge, unmerge, attach or detach; kept in
+        ``__dict__`` meanwhile, since every routed call asks)."""
+        merged = self.__dict__.get("_merged")
+        if merged is None:
+            merged = frozenset(owner for site in self.sites() for owner in site.folded_owners())
+            self.__dict__["_merged"] = merged
+        return set(merged)
 
     def running_sites(self):
         """``{method: [site paths]}``: where each active method still runs
@@ -295,7 +307,7 @@ class MethodHost:
         """
         for name in rows:
             self._method(name)
-        merged = sorted(set(rows) & self.merged)
+        merged = sorted(set(rows) & self.merged) if rows else ()
         if merged:
             raise RuntimeError(f"{merged} are merged into the weights: a routed method must not be merged.")
         self.named_sites()  # gives every site this backbone's route key
@@ -350,6 +362,7 @@ class MethodHost:
 
     def _forget_sites(self):
         self.__dict__.pop("_named_sites", None)
+        self.__dict__.pop("_merged", None)
 
     def _method(self, name):
         if name not in self.petl:

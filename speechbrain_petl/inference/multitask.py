@@ -393,11 +393,15 @@ class MultiTaskClassifier(torch.nn.Module):
         with torch.no_grad():
             for lobe in self.lobes:
                 rows = [i for i, task in enumerate(tasks) if self.tasks[task].lobe is lobe]
-                if rows:
+                if not rows:
+                    continue
+                if len(rows) == len(tasks):  # one settings group: no copy of the batch
+                    outputs = self._run_group(lobe, wavs, wav_lens, tasks)
+                else:
                     group = torch.tensor(rows, device=device)
                     outputs = self._run_group(lobe, wavs[group], wav_lens[group], [tasks[i] for i in rows])
-                    for i, output in zip(rows, outputs):
-                        log_probs[i] = output
+                for i, output in zip(rows, outputs):
+                    log_probs[i] = output
         return log_probs
 
     def _run_group(self, lobe, wavs, wav_lens, tasks):
@@ -407,39 +411,40 @@ class MultiTaskClassifier(torch.nn.Module):
         with lobe.routed({}):  # no task's method below shared_until
             x, mask = lobe.embed(wavs, wav_lens)
             x, mask = lobe.run_layers(x, mask, 0, shared_until)
-        embeddings = torch.empty(len(tasks), lobe.hidden_size, dtype=x.dtype, device=x.device)
-
-        def rows_of(names):
-            """Indices of the clips whose task is in ``names``."""
-            return torch.tensor([i for i, task in enumerate(tasks) if task in names], device=x.device)
-
-        def pick(t, rows):
-            """Those rows of ``t`` (None stays None)."""
-            return None if t is None else t.index_select(0, rows)
-
+        device = x.device
+        rows_of = {name: [i for i, own in enumerate(tasks) if own == name] for name in requested}
+        # Each pass runs the upper blocks on some clips: the tasks routed per
+        # sample together, then each task that needs a sub-batch of its own.
+        passes = []
         routed = [name for name, task in requested.items() if task.per_sample]
         if routed:
-            rows = rows_of(routed)
-            sub_tasks = [tasks[j] for j in rows.tolist()]
+            rows = sorted(i for name in routed for i in rows_of[name])
+            position = {clip: j for j, clip in enumerate(rows)}
             routes = {}
             for name in routed:
-                task_rows = torch.tensor([i for i, t in enumerate(sub_tasks) if t == name], device=x.device)
-                for method in requested[name].methods:
-                    routes[method] = None if len(task_rows) == len(sub_tasks) else task_rows
-            with lobe.routed(routes):
-                h, m = lobe.run_layers(pick(x, rows), pick(mask, rows), shared_until)
-                embeddings.index_copy_(0, rows, lobe.finish(h, m))
+                own = None if len(routed) == 1 else torch.tensor([position[i] for i in rows_of[name]], device=device)
+                routes.update((method, own) for method in requested[name].methods)
+            passes.append((rows, routes))
         for name, task in requested.items():
-            if task.per_sample:
-                continue
-            rows = rows_of([name])
-            with lobe.routed({method: None for method in task.methods}):
-                h, m = lobe.run_layers(pick(x, rows), pick(mask, rows), shared_until)
-                embeddings.index_copy_(0, rows, lobe.finish(h, m))
-        outputs = []
-        for i, name in enumerate(tasks):
-            logits = self.tasks[name].head(embeddings[i : i + 1])
-            outputs.append(torch.log_softmax(logits, dim=-1)[0])
+            if not task.per_sample:
+                passes.append((rows_of[name], {method: None for method in task.methods}))
+        if len(passes) == 1:  # every clip in one pass: no copies of the tokens
+            (rows, routes), = passes
+            with lobe.routed(routes):
+                embeddings = lobe.finish(*lobe.run_layers(x, mask, shared_until))
+        else:
+            embeddings = torch.empty(len(tasks), lobe.hidden_size, dtype=x.dtype, device=device)
+            for rows, routes in passes:
+                index = torch.tensor(rows, device=device)
+                with lobe.routed(routes):
+                    h, m = lobe.run_layers(x.index_select(0, index), _rows(mask, index), shared_until)
+                    embeddings.index_copy_(0, index, lobe.finish(h, m))
+        outputs = [None] * len(tasks)
+        for name, task in requested.items():  # one head call per task, on all its clips
+            rows = rows_of[name]
+            own = embeddings if len(rows) == len(tasks) else embeddings.index_select(0, torch.tensor(rows, device=device))
+            for i, log_probs in zip(rows, torch.log_softmax(task.head(own), dim=-1)):
+                outputs[i] = log_probs
         return outputs
 
     def classify_files(self, paths, tasks, long_clips=None):
@@ -578,6 +583,11 @@ def _share_frozen_tensors(first, lobe, folder):
         if torch.equal(other, param):
             owner_path, _, leaf = name.rpartition(".")
             setattr(lobe.get_submodule(owner_path), leaf, other)
+
+
+def _rows(t, index):
+    """Those rows of ``t`` (None stays None)."""
+    return None if t is None else t.index_select(0, index)
 
 
 def _check_task_name(name):
