@@ -74,7 +74,6 @@ set()
 import abc
 import contextlib
 import contextvars
-import types
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -85,7 +84,9 @@ from torch import nn
 #: The routes of the current call: ``{route key: _Routes}``. A context
 #: variable, so each thread and each asyncio task sees only the routes it set
 #: itself (see :func:`routing`); never mutated in place.
-_ROUTES = contextvars.ContextVar("speechbrain_petl_routes", default=types.MappingProxyType({}))
+#: Plain dicts (read by ``torch.compile`` without a graph break), replaced
+#: whole and never changed after they are set.
+_ROUTES = contextvars.ContextVar("speechbrain_petl_routes", default={})
 
 #: How many plans (see :meth:`Site._plan`) a site keeps: one per set of
 #: routed owners seen, plus the active set's; beyond, the cache starts afresh.
@@ -94,13 +95,13 @@ MAX_PLANS = 64
 
 class _Routes:
     """One :func:`routing` block's routes for one key: ``rows``
-    (``{owner: LongTensor or None}``, read-only) and ``owners``, the
-    frozenset of their names (hashed once: it keys the sites' plans)."""
+    (``{owner: LongTensor or None}``, a copy never changed) and ``owners``,
+    the frozenset of their names (hashed once: it keys the sites' plans)."""
 
     __slots__ = ("rows", "owners")
 
     def __init__(self, rows):
-        self.rows = types.MappingProxyType(dict(rows))
+        self.rows = dict(rows)
         self.owners = frozenset(self.rows)
 
 
@@ -147,7 +148,7 @@ def routing(key, rows):
     """
     routes = dict(_ROUTES.get())
     routes[key] = _Routes(rows)
-    token = _ROUTES.set(types.MappingProxyType(routes))
+    token = _ROUTES.set(routes)
     try:
         yield
     finally:
@@ -290,7 +291,8 @@ class Site(nn.Module):
             for _, hook in plan.hooks:
                 y = hook(x, y, *extra)
             return y
-        in_place = not torch.is_grad_enabled() and not _shares_memory(x, y)
+        # torch.compile: out of place (a compiled graph reuses buffers itself).
+        in_place = not torch.is_grad_enabled() and not torch.compiler.is_compiling() and not _shares_memory(x, y)
         for name, hook in plan.hooks:
             rows = routes.rows[name]
             if rows is None:

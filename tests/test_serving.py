@@ -165,6 +165,62 @@ def test_interleaved_asyncio_tasks_keep_their_own_routes(tiny_ast_dir):
     assert torch.equal(got_a, expected["a"]) and torch.equal(got_b, expected["b"])
 
 
+# ------------------------------------------------------------------ hot path
+def test_sites_plan_once_per_routed_owner_set_and_again_after_a_change(server, monkeypatch):
+    from speechbrain_petl import sites
+
+    made = []
+    for cls in (sites.Site, sites._ParameterSite):
+        original = cls._make_plan
+        monkeypatch.setattr(cls, "_make_plan", lambda self, routed, _o=original: made.append(routed) or _o(self, routed))
+    lobe = server.tasks["lora"].lobe
+    previous = lobe.active
+
+    def change_the_active_set():
+        lobe.set_active(["lora"])
+        lobe.set_active(previous)
+
+    wavs = torch.randn(3, 8000)
+    mix = ["lora", "bitfit", "lora"]
+    change_the_active_set()  # forget every plan
+    expected = server.classify_batch(wavs, tasks=mix)[0]
+    first = len(made)
+    assert first > 0 and set(made) == {frozenset({"lora", "bitfit"})}
+    for _ in range(3):  # same owner set: plans are looked up, not made
+        got = server.classify_batch(wavs, tasks=mix)[0]
+        assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    assert len(made) == first
+    change_the_active_set()
+    got = server.classify_batch(wavs, tasks=mix)[0]
+    assert len(made) == 2 * first and all(torch.equal(a, b) for a, b in zip(got, expected))
+
+
+def test_routed_rows_in_place_never_touch_a_tensor_a_hook_passed_through(tiny_ast_dir):
+    from speechbrain_petl.sites import SublayerSite, routing
+
+    site = SublayerSite()
+    site.attach("through", lambda x, y, mask: x)  # hands its input on as the output
+    site.attach("plus", lambda x, y, mask: y + 1)
+    x = torch.zeros(3, 2, 4)
+    with torch.no_grad(), routing(site.route_key, {"through": None, "plus": torch.tensor([1])}):
+        y = site(x, lambda x, mask: x * 2)
+    assert torch.equal(x, torch.zeros(3, 2, 4))  # the input is not written into
+    assert y[1].eq(1).all() and y[0].eq(0).all() and y[2].eq(0).all()
+
+
+def test_routed_training_keeps_gradients_per_owner(tiny_ast_dir):
+    lobe = AST(str(tiny_ast_dir), max_frames=64)
+    lobe.attach(LoRA(rank=2), "a", active=False)
+    lobe.attach(LoRA(rank=2), "b", active=False)
+    perturb_petl_(lobe, seed=3)
+    x = torch.randn(2, 4000)
+    with lobe.routed({"a": torch.tensor([0]), "b": torch.tensor([1])}):
+        lobe(x)[0].sum().backward()  # only row 0, routed to "a", is in the loss
+    grads = {name: [p.grad for p in lobe.petl[name].parameters()] for name in ("a", "b")}
+    assert all(g is not None and g.abs().sum() > 0 for g in grads["a"])
+    assert all(g is None or g.abs().sum() == 0 for g in grads["b"])
+
+
 # ------------------------------------------------------------------ hot swap
 def tensor_count(classifier):
     """Distinct tensor storages the classifier reaches (as resident_bytes counts them)."""

@@ -97,6 +97,27 @@ def test_load_test_counts_wrong_results_and_errors():
     assert not serving.goals(report)[0][2] and not serving.goals(report)[1][2]
 
 
+def test_load_test_warms_up_under_the_same_checks():
+    requests = serving.make_requests(["a", "b"], count=4, max_batch=3, samples=100)
+    report = serving.load_test(_FlakyServer(), requests, threads=2, duration=0.2, atol=1e-6, warmup=0.2)
+    assert report["warmup_requests"] > 0 and report["warmup_errors"] > 0 and report["warmup_clips_wrong"] > 0
+    assert report["rss_before_threads_bytes"] > 0 and report["rss_start_bytes"] > 0
+
+
+def test_hot_path_mode_reports_both_goals(tmp_path):
+    md, js = tmp_path / "hot.md", tmp_path / "hot.json"
+    rows = serving.main(["--hot_path", "--backbones", "tiny", "--rounds", "1", "--seconds", "0.5",
+                         "--markdown", str(md), "--json", str(js)])
+    (row,) = rows
+    assert row["backbone"] == "tiny" and all(row[f"{name}_s"] > 0 for name in (
+        "plain_1", "linear_1", "lora_1", "single_1", "mixed_8", "one_task_8", "single_8"))
+    text = md.read_text()
+    assert text.startswith("Measured ") and "per-call overhead at batch 1" in text and "mixed batch of 8" in text
+    overhead = 100 * (row["linear_1_s"] / row["plain_1_s"] - 1)
+    assert f"{overhead:+.1f} %" in text
+    assert json.loads(js.read_text())["hot_path"][0]["mixed_8_s"] == row["mixed_8_s"]
+
+
 def test_clip_differences_flag_labels_and_tolerance():
     reference = ([torch.tensor([-0.1, -2.0]), torch.tensor([-1.0, -0.5])], ["a", "b"])
     close = ([torch.tensor([-0.1, -2.0 + 1e-7]), torch.tensor([-1.0, -0.5])], ["a", "b"])
@@ -117,7 +138,8 @@ def test_table_mode_still_runs(tmp_path):
 
 @pytest.mark.parametrize("argv", [
     ["--threads", "0"], ["--threads", "2", "--load_tasks", "9"], ["--threads", "2", "--duration", "0"],
-    ["--tasks", "0,2"],
+    ["--tasks", "0,2"], ["--threads", "2", "--warmup", "-1"], ["--hot_path", "--threads", "2"],
+    ["--hot_path", "--backbones", "huge"],
 ])
 def test_serving_refuses_bad_arguments(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
