@@ -51,7 +51,10 @@ How each side is built
 How both are timed
 ------------------
 Same random batch (``--batch-size`` clips of ``--frames`` fbank frames,
-35 classes, :func:`speechbrain_petl.perf.bench.make_batch`), fp32,
+35 classes, :func:`speechbrain_petl.perf.bench.make_batch`); theirs in fp32
+(their code has no mixed precision), ours in each ``--ours-dtypes``
+setting (default ``fp32,bf16``; bf16: autocast with the frozen linears
+stored in bf16, a row of its own against the same fp32 reference),
 ``--threads`` torch threads, AdamW with the yaml's settings over the
 trainable parameters. A step is ``zero_grad``, forward, cross-entropy,
 backward and ``optimizer.step()``; both sides run one untimed forward and
@@ -255,13 +258,15 @@ def recipe_settings(yaml_path, frames, batch, seed, features_path, backbone_sour
     }
 
 
-def measure_ours(args, yaml_path, method):
-    """Our step, in a fresh process (``speechbrain_petl.perf.bench``'s worker)."""
+def measure_ours(args, yaml_path, method, dtype="fp32"):
+    """Our step, in a fresh process (``speechbrain_petl.perf.bench``'s worker),
+    in ``dtype`` (a ``--dtype`` setting of the bench: ``fp32``, or ``bf16``:
+    autocast with the frozen linears stored in bf16)."""
     from speechbrain_petl.perf import bench
 
     options = argparse.Namespace(
         batch_size=args.batch_size, steps=args.steps, warmup=args.warmup, inference_repeats=1,
-        threads=args.threads, device="cpu", dtype="fp32", compile=False, backbone_source=None,
+        threads=args.threads, device="cpu", dtype=dtype, compile=False, backbone_source=None,
         seed=args.seed, cache_batches=1,
     )
     row = bench.measure_isolated(bench.worker_spec(options, yaml_path, method, bench.NO_OPTIONS, args.frames))
@@ -370,9 +375,10 @@ def run_reference(args, spec):
 
 
 # ------------------------------------------------------------------ report
-def summarise(method, sittings):
+def summarise(method, sittings, ours_dtype="fp32"):
     """One table row from a method's sittings (``[{"ours": row, "theirs":
-    row}, ...]``): medians over sittings, ratios, parameters, peaks.
+    row}, ...]``, ours run in ``ours_dtype``, theirs always in fp32): medians
+    over sittings, ratios, parameters, peaks.
 
     Example
     -------
@@ -385,6 +391,7 @@ def summarise(method, sittings):
     theirs = [s["theirs"] for s in sittings]
     row = {
         "method": method,
+        "ours_dtype": ours_dtype,
         "reference": METHODS[method][1],
         "sittings": len(sittings),
         "ours_step_s": median([r["step_s"] for r in ours]),
@@ -403,7 +410,7 @@ def summarise(method, sittings):
 
 
 COLUMNS = (
-    "| method | their class | trainable (ours) | trainable (theirs) | ours step (s) | ours fbank (s) "
+    "| method | ours in | their class | trainable (ours) | trainable (theirs) | ours step (s) | ours fbank (s) "
     "| ours net (s) | theirs step (s) | ours / theirs | net / theirs | peak MB (ours) | peak MB (theirs) | faster |"
 )
 
@@ -416,7 +423,9 @@ def markdown(report):
         f"transformers {machine['transformers']}; theirs: torch {ref['torch']}, transformers "
         f"{ref['transformers']} ({ref['python']}), reference {ref['dir']}"
         + (f" at {ref['commit'][:10]}" if ref.get("commit") else "") + ".",
-        f"AST-base, random weights, fp32, batch {settings['batch']}, {settings['frames']} frames, "
+        f"AST-base, random weights, theirs in fp32 (their code has no other mode), ours in "
+        f"{' and '.join(settings.get('ours_dtypes', ['fp32']))} (bf16: autocast with the frozen linears "
+        f"stored in bf16), batch {settings['batch']}, {settings['frames']} frames, "
         f"AdamW; median of {settings['steps']} steps after {settings['warmup']} warm-up, median over "
         f"{settings['sittings']} sitting(s) (each: ours then theirs, one fresh process each).",
         "Ours times its fbank inside the step (our pipeline computes it per step); theirs starts from "
@@ -427,7 +436,7 @@ def markdown(report):
     ]
     for row in report["rows"]:
         lines.append("| " + " | ".join([
-            row["method"], row["reference"], f"{row['ours_trainable']:,}", f"{row['theirs_trainable']:,}",
+            row["method"], row.get("ours_dtype", "fp32"), row["reference"], f"{row['ours_trainable']:,}", f"{row['theirs_trainable']:,}",
             f"{row['ours_step_s']:.3f}", f"{row['ours_features_s']:.3f}", f"{row['ours_net_s']:.3f}",
             f"{row['theirs_step_s']:.3f}", f"{row['ratio']:.2f}", f"{row['net_ratio']:.2f}",
             f"{row['ours_peak_bytes'] / MB:,.0f}", f"{row['theirs_peak_bytes'] / MB:,.0f}", row["faster"],
@@ -476,6 +485,8 @@ def parse_args(argv=None):
     parser.add_argument("--reference-python", default=sys.executable,
                         help="interpreter for the reference side (one with transformers 4.x); default: this one")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {list(METHODS)}")
+    parser.add_argument("--ours-dtypes", default="fp32,bf16",
+                        help="our side's settings, comma separated: fp32, bf16 (theirs is always fp32)")
     parser.add_argument("--sittings", type=int, default=3, help="rounds of (ours, theirs) per method")
     parser.add_argument("--steps", type=int, default=5, help="timed training steps per process")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
@@ -501,6 +512,9 @@ def check_args(args, parser):
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.warmup < 0:
         parser.error("--warmup must be >= 0")
+    args.ours_dtypes = [d for d in args.ours_dtypes.split(",") if d]
+    if not args.ours_dtypes or any(d not in ("fp32", "bf16") for d in args.ours_dtypes):
+        parser.error(f"--ours-dtypes takes fp32 and/or bf16, got {args.ours_dtypes}")
     args.methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown or not args.methods:
@@ -543,6 +557,7 @@ def run(args):
         "settings": {
             "batch": args.batch_size, "frames": args.frames, "steps": args.steps, "warmup": args.warmup,
             "sittings": args.sittings, "threads": args.threads, "hparams_dir": args.hparams_dir,
+            "ours_dtypes": args.ours_dtypes,
         },
         "reference": {"dir": args.reference_dir, "commit": reference_commit(args.reference_dir),
                       **versions, "python": f"{args.reference_python}, Python {versions['python']}"},
@@ -563,15 +578,18 @@ def run(args):
         for sitting in range(args.sittings):
             results = {}
             for method in args.methods:
-                ours = measure_ours(args, yamls[method], method)
+                ours = {dtype: measure_ours(args, yamls[method], method, dtype) for dtype in args.ours_dtypes}
                 theirs = run_reference(args, specs[method])
                 results[method] = {"ours": ours, "theirs": theirs}
-                print(f"[reference_step] sitting {sitting + 1}: {method}: ours {ours['step_s']:.3f} s "
-                      f"(fbank {ours['features_s']:.3f} s), theirs {theirs['step_s']:.3f} s",
-                      file=sys.stderr, flush=True)
+                print(f"[reference_step] sitting {sitting + 1}: {method}: ours "
+                      + ", ".join(f"{d} {o['step_s']:.3f} s (fbank {o['features_s']:.3f} s)" for d, o in ours.items())
+                      + f", theirs {theirs['step_s']:.3f} s", file=sys.stderr, flush=True)
             report["sittings"].append(results)
     report["builds"] = {m: {"ours": specs[m]["settings"], "theirs": specs[m]["built"]} for m in args.methods}
-    report["rows"] = [summarise(m, [s[m] for s in report["sittings"]]) for m in args.methods]
+    report["rows"] = [
+        summarise(m, [{"ours": s[m]["ours"][dtype], "theirs": s[m]["theirs"]} for s in report["sittings"]], dtype)
+        for m in args.methods for dtype in args.ours_dtypes
+    ]
     return report
 
 

@@ -12,7 +12,7 @@ from speechbrain_petl.perf import bench
 from speechbrain_petl.backbones import AST
 from speechbrain_petl.methods import Adapters, BottleneckAdapter, ConformerAdapter, FullFineTuning, LinearProbing, LoRA, PromptTuning
 from speechbrain_petl.perf.flops import count_step_flops
-from speechbrain_petl.perf.measure import SavedTensors
+from speechbrain_petl.perf.measure import SavedTensors, isa, isa_text
 from tiny import tiny_ast_config
 
 TINY = "tests/samples/tiny_ast"
@@ -90,7 +90,9 @@ def test_bench_runs_every_kind_of_row_and_ratios_come_from_its_own_rows(tmp_path
     assert [row["method"] for row in report["rows"]] == [
         "full", "lora", "lora:top1", "linear", "lora:recompute=ffn", "plain"
     ]
-    assert report["machine"]["matmul_gflops"] > 0
+    assert set(report["machine"]["matmul_gflops"]) == {"fp32", "bf16", "int8"}
+    assert all(rate > 0 for rate in report["machine"]["matmul_gflops"].values())
+    assert report["machine"]["isa"] == isa()
     full = _rows(report, "full")[0]
     for row in report["rows"][:4]:
         assert row["step_s"] > 0 and row["clips_per_s"] == pytest.approx(2 / row["step_s"])
@@ -99,7 +101,7 @@ def test_bench_runs_every_kind_of_row_and_ratios_come_from_its_own_rows(tmp_path
         assert row["tensor_peak_bytes_ratio"] == pytest.approx(row["tensor_peak_bytes"] / full["tensor_peak_bytes"])
         assert row["trainable_ratio"] == pytest.approx(row["trainable"] / full["trainable"])
         assert row["matmul_fraction"] == pytest.approx(
-            row["flops_step"] / row["step_s"] / (report["machine"]["matmul_gflops"] * 1e9)
+            row["flops_step"] / row["step_s"] / (report["machine"]["matmul_gflops"]["fp32"] * 1e9)
         )
         assert 0 < row["features_fraction"] < 1 and 0 < row["data_fraction"] < 1
         assert row["infer_ms_per_clip"] > 0
@@ -183,3 +185,39 @@ def test_autograd_records_nothing_below_the_lowest_trained_block(make, recorded)
         block.register_forward_hook(lambda module, args, output: seen.append(output[0].requires_grad))
     ast(torch.randn(1, 8000))
     assert seen == recorded
+
+
+def test_bench_measures_dtypes_side_by_side_against_their_own_matmul_rate(tmp_path):
+    md_path = tmp_path / "bench.md"
+    report = bench.main([
+        "--methods", "full,lora", "--frames", "64", "--batch-size", "2", "--steps", "1", "--warmup", "0",
+        "--inference-repeats", "1", "--no-isolate", "--no-plain", "--backbone-source", TINY,
+        "--dtype", "fp32,bf16", "--markdown", str(md_path),
+    ])
+    rows = {(row["method"], row["dtype"]): row for row in report["rows"]}
+    assert list(rows) == [("full", "fp32"), ("full", "bf16"), ("lora", "fp32"), ("lora", "bf16")]
+    rates = report["machine"]["matmul_gflops"]
+    for (method, dtype), row in rows.items():
+        assert row["matmul_fraction"] == pytest.approx(row["flops_step"] / row["step_s"] / (rates[dtype] * 1e9))
+        assert row["step_s_ratio"] == pytest.approx(row["step_s"] / rows[("full", dtype)]["step_s"])
+        if dtype == "bf16":
+            fp32 = rows[(method, "fp32")]
+            assert row["step_s_vs_fp32"] == pytest.approx(row["step_s"] / fp32["step_s"])
+            assert row["infer_ms_per_clip_vs_fp32"] == pytest.approx(row["infer_ms_per_clip"] / fp32["infer_ms_per_clip"])
+            assert row["flops_step"] == fp32["flops_step"] and row["trainable"] == fp32["trainable"]
+    # LoRA's frozen linears were stored in bf16: its tensor peak is below fp32's; full FT stores nothing in bf16.
+    assert rows[("lora", "bf16")]["tensor_peak_bytes"] < rows[("lora", "fp32")]["tensor_peak_bytes"]
+    text = md_path.read_text()
+    assert isa_text(report["machine"]["isa"]) in text
+    assert "**64 frames, fp32**" in text and "**64 frames, bf16**" in text
+    side = text.split("**64 frames: bf16 against fp32**")[1].strip().splitlines()
+    lora = rows[("lora", "bf16")]
+    assert side[0].startswith("| method | fp32 step (s) | bf16 step (s) | bf16 / fp32 |")
+    assert any(line.startswith(f"| lora | {rows[('lora', 'fp32')]['step_s']:,.2f} | {lora['step_s']:,.2f} | "
+                               f"{lora['step_s_vs_fp32']:,.2f} |") for line in side)
+
+
+def test_dtype_settings_are_checked(capsys):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--dtype", "fp32,fp8"])
+    assert "--dtype takes distinct comma-separated settings" in capsys.readouterr().err

@@ -46,7 +46,9 @@ def test_reference_dir_without_their_files_names_them(tmp_path, capsys):
     assert "['src/AST_LoRA.py', 'src/AST_adapters.py']" in err
     args = ref.parse_args(["--reference-dir", str(tmp_path), "--methods", "full,bitfit", "--threads", "1"])
     assert args.methods == ["full", "bitfit"] and args.reference_dir == str(tmp_path.resolve())
-    assert args.sittings == 3 and args.threads == 1
+    assert args.sittings == 3 and args.threads == 1 and args.ours_dtypes == ["fp32", "bf16"]
+    assert "--ours-dtypes takes fp32 and/or bf16" in _error(
+        capsys, ["--reference-dir", str(tmp_path), "--methods", "full", "--ours-dtypes", "fp16"])
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -142,12 +144,15 @@ def test_summary_takes_medians_over_sittings():
 def test_markdown_table():
     rows = [
         ref.summarise("lora", [{"ours": _side(1.5, 0.05, 248099, 1.8e9), "theirs": _side(2.0, 0, 249635, 1.9e9)}]),
+        ref.summarise("lora", [{"ours": _side(0.9, 0.05, 248099, 1.1e9), "theirs": _side(2.0, 0, 249635, 1.9e9)}],
+                      "bf16"),
         ref.summarise("full", [{"ours": _side(15.0, 0.02, 85366307, 2.3e9),
                                 "theirs": _side(14.0, 0, 85366307, 2.3e9)}]),
     ]
     report = {
         "machine": {"cpu": "Test CPU", "torch": "2.x", "transformers": "5.x"},
-        "settings": {"batch": 8, "frames": 100, "steps": 5, "warmup": 2, "sittings": 3, "threads": 2},
+        "settings": {"batch": 8, "frames": 100, "steps": 5, "warmup": 2, "sittings": 3, "threads": 2,
+                     "ours_dtypes": ["fp32", "bf16"]},
         "reference": {"dir": "/ref", "commit": "0123456789abcdef", "python": "/venv/bin/python",
                       "torch": "2.x", "transformers": "4.28.1"},
         "rows": rows,
@@ -156,7 +161,9 @@ def test_markdown_table():
     assert lines[0].startswith("Machine: Test CPU, 2 torch threads;") and "transformers 4.28.1" in lines[0]
     assert "at 0123456789." in lines[0]
     header = lines.index(ref.COLUMNS)
-    assert lines[header + 1] == "|" + "---|" * 13
+    assert lines[header + 1] == "|" + "---|" * 14
     assert lines[header + 2] == (
-        "| lora | AST_LoRA | 248,099 | 249,635 | 1.500 | 0.050 | 1.450 | 2.000 | 0.75 | 0.72 | 1,800 | 1,900 | yes |")
-    assert lines[header + 3].endswith("| 15.000 | 0.020 | 14.980 | 14.000 | 1.07 | 1.07 | 2,300 | 2,300 | no |")
+        "| lora | fp32 | AST_LoRA | 248,099 | 249,635 | 1.500 | 0.050 | 1.450 | 2.000 | 0.75 | 0.72 | 1,800 | 1,900 | yes |")
+    assert lines[header + 3].startswith("| lora | bf16 | AST_LoRA |") and "| 0.45 | 0.42 |" in lines[header + 3]
+    assert lines[header + 4].endswith("| 15.000 | 0.020 | 14.980 | 14.000 | 1.07 | 1.07 | 2,300 | 2,300 | no |")
+    assert "theirs in fp32 (their code has no other mode), ours in fp32 and bf16" in lines[1]

@@ -60,6 +60,9 @@ class AST(Backbone):
         Crop clips to their first ``max_samples`` samples. ``max_frames``
         crops anyway (:attr:`input_limit`: the samples its frames cover),
         so this only matters when it is shorter.
+    backbone_dtype : str
+        ``"fp32"`` or ``"bf16"``: how the frozen linears of the blocks are
+        stored (:meth:`Backbone.store_frozen`).
 
     Example
     -------
@@ -88,8 +91,9 @@ class AST(Backbone):
         init_positions=None,
         recompute=None,
         max_samples=None,
+        backbone_dtype="fp32",
     ):
-        super().__init__(pooling=pooling, recompute=recompute, max_samples=max_samples)
+        super().__init__(pooling=pooling, recompute=recompute, max_samples=max_samples, backbone_dtype=backbone_dtype)
         if init_positions not in (None, "sincos"):
             raise ValueError(f"init_positions must be None or 'sincos', got {init_positions!r}")
         if init_positions and pretrained:

@@ -28,7 +28,11 @@ class then
   distillation tokens);
 * crops its input to :attr:`Backbone.max_samples` (the ``max_samples``
   setting, or the lobe's own input limit), so that every interface that
-  builds the lobe classifies a long clip the same way.
+  builds the lobe classifies a long clip the same way;
+* stores its frozen matrices in fp32, bf16 or (inference) int8
+  (``backbone_dtype``, :meth:`Backbone.store_frozen`,
+  :mod:`speechbrain_petl.backbones.precision`) and runs its blocks in the
+  matching precision.
 """
 
 import abc
@@ -36,6 +40,7 @@ import contextlib
 import logging
 import os
 
+import torch
 from torch import nn
 
 from speechbrain_petl.backbones.blocks import RECOMPUTE_MODES, FeedForward, run_block
@@ -43,6 +48,14 @@ from speechbrain_petl.backbones.features import relative_to_absolute
 from speechbrain_petl.backbones.fingerprint import TensorHashCache
 from speechbrain_petl.backbones.lifecycle import MethodDict, MethodHost, as_named_methods
 from speechbrain_petl.backbones.loading import describe_source, load_model
+from speechbrain_petl.backbones.precision import (
+    BACKBONE_DTYPES,
+    Int8Weight,
+    check_backbone_dtype,
+    frozen_linears,
+    quantize_linears,
+    store_linears,
+)
 from speechbrain_petl.backbones.trained_state import TrainedState
 from speechbrain_petl.sites import Site
 
@@ -78,9 +91,17 @@ class Backbone(MethodHost, TrainedState, nn.Module, abc.ABC):
         Clips are cropped to their first ``max_samples`` samples (the
         recipe's ``max_audio_samples``, which an inference folder passes on);
         None: only the lobe's own input limit applies (see :attr:`max_samples`).
+    backbone_dtype : str
+        How the frozen linears of the blocks are stored: ``"fp32"``
+        (default) or ``"bf16"`` (half their memory; the blocks then run
+        under bf16 autocast, see :meth:`store_frozen`). Applied after the
+        ``petl`` methods are attached: weights a method trains (full
+        fine-tuning) stay fp32. Not part of :meth:`constructor_args`: a
+        checkpoint or inference folder of a bf16-stored lobe is that of an
+        fp32 one (fp32 tensors only, same fingerprint).
     """
 
-    def __init__(self, pooling="mean", recompute=None, max_samples=None):
+    def __init__(self, pooling="mean", recompute=None, max_samples=None, backbone_dtype="fp32"):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
@@ -95,6 +116,11 @@ class Backbone(MethodHost, TrainedState, nn.Module, abc.ABC):
         self.petl = MethodDict()
         self._inactive = set()
         self._hash_cache = TensorHashCache()
+        self._backbone_dtype_setting = check_backbone_dtype(backbone_dtype)
+        self._backbone_dtype = "fp32"
+        #: ``{sha256 of the frozen tensors as stored: sha256 of them in fp32}``
+        #: (see :meth:`store_frozen`).
+        self._storage_aliases = {}
 
     # ------------------------------------------------------------------ setup
     def _finish_init(self, petl):
@@ -117,6 +143,100 @@ class Backbone(MethodHost, TrainedState, nn.Module, abc.ABC):
         self._forget_sites()  # the blocks exist now: list their sites on first use
         for name, method in as_named_methods(petl):
             self.attach(method, name)
+        if self._backbone_dtype_setting != "fp32":
+            self.store_frozen(self._backbone_dtype_setting)
+
+    # ------------------------------------------------------------- precision
+    @property
+    def backbone_dtype(self):
+        """How the frozen linears of the blocks are stored now: ``"fp32"``,
+        ``"bf16"`` or ``"int8"`` (see :meth:`store_frozen`)."""
+        return self._backbone_dtype
+
+    def store_frozen(self, dtype):
+        """Stores the frozen ``nn.Linear`` weights of the blocks in ``dtype``
+        (``"bf16"``, or ``"int8"`` for inference on CPU; see
+        :mod:`speechbrain_petl.backbones.precision`); trained tensors (PETL
+        methods, weights a method unfroze) are left in fp32. Returns the
+        bytes those weights took before and after.
+
+        The fingerprint does not change: the SHA-256 of the frozen tensors
+        as stored now is recorded as standing for the SHA-256 of the fp32
+        tensors they were made from, so a trained state saved from either
+        lobe loads onto the other. Once the stored weights change (a merge
+        writes them; unmerge restores them bit for bit), the fingerprint is
+        that of the stored tensors, as it would be in fp32.
+
+        Example
+        -------
+        >>> from speechbrain_petl.backbones import AST, tiny_config
+        >>> from speechbrain_petl.methods import LoRA
+        >>> ast = AST(tiny_config("ast"), pretrained=False, max_frames=64, petl=LoRA(rank=2))
+        >>> before = ast.fingerprint()
+        >>> fp32_bytes, bf16_bytes = ast.store_frozen("bf16")
+        >>> bf16_bytes / fp32_bytes, ast.backbone_dtype, ast.fingerprint() == before
+        (0.5, 'bf16', True)
+        >>> {p.dtype for p in ast.petl.parameters()}
+        {torch.float32}
+        """
+        if dtype not in BACKBONE_DTYPES or dtype == "fp32":
+            raise ValueError(f"store_frozen takes 'bf16' or 'int8', got {dtype!r}.")
+        if self._backbone_dtype != "fp32":
+            raise RuntimeError(f"The frozen weights are stored in {self._backbone_dtype} already.")
+        if self.merged:
+            raise RuntimeError(f"Methods {sorted(self.merged)} are merged into the weights; unmerge them first.")
+        if dtype == "int8":
+            overridden = [path for path, site in self.named_sites()
+                          if getattr(site, "linear", None) is not None and site.owners() - set(site.hook_names())]
+            if overridden:
+                raise ValueError(
+                    f"int8 keeps no fp32 weight or bias to override: methods override parameters of the "
+                    f"linears at {overridden[:3]} (BitFit, say). Use bf16, or merge them first."
+                )
+        source_sha = self._hash_cache.sha256(self.frozen_tensors())
+        linears = frozen_linears(self.layers)
+        if dtype == "bf16":
+            sizes = store_linears(linears, torch.bfloat16)
+        else:
+            sizes = quantize_linears(linears)
+        self._backbone_dtype = dtype
+        self._storage_aliases[self._hash_cache.sha256(self.frozen_tensors())] = source_sha
+        return sizes
+
+    def frozen_sha256(self):
+        """SHA-256 of the frozen tensors, as their fp32 originals' where
+        they are stored in fewer bits unchanged (see :meth:`store_frozen`)."""
+        sha = self._hash_cache.sha256(self.frozen_tensors())
+        return self._storage_aliases.get(sha, sha)
+
+    def compute_context(self):
+        """The context the blocks run in: bf16 autocast on the lobe's device
+        type when the frozen linears are stored in bf16 (their products then
+        run in bf16 whatever the caller asked for), else nothing."""
+        if self._backbone_dtype != "bf16":
+            return contextlib.nullcontext()
+        device_type = next(self.layers.parameters()).device.type
+        return torch.autocast(device_type, dtype=torch.bfloat16)
+
+    def attach(self, method, name=None, active=True):
+        """Attaches a PETL method (see :meth:`MethodHost.attach`); refused
+        when it would train a weight stored in fewer bits than fp32."""
+        super().attach(method, name, active)
+        lowered = [
+            path for path, param in self.layers.named_parameters()
+            if param.requires_grad and param.dtype != torch.float32
+        ]
+        if lowered:
+            self.detach(name or method.default_name)
+            raise ValueError(
+                f"{type(method).__name__} trains backbone weights stored in {self._backbone_dtype} "
+                f"({lowered[:3]}): attach it when building the lobe (petl=...) so that they stay fp32."
+            )
+
+    def int8_weights(self):
+        """The :class:`~speechbrain_petl.backbones.precision.Int8Weight` s of
+        int8-stored linears (plain attributes, not parameters)."""
+        return [m.weight for m in self.layers.modules() if isinstance(getattr(m, "weight", None), Int8Weight)]
 
     @property
     def recompute(self):
@@ -172,7 +292,7 @@ class Backbone(MethodHost, TrainedState, nn.Module, abc.ABC):
         and those of the transformers model it was built from (mostly the
         same objects; AST's original position embeddings are not)."""
         model = self.__dict__["_hf_model"]
-        return [*self.parameters(), *self.buffers(), *model.parameters(), *model.buffers()]
+        return [*self.parameters(), *self.buffers(), *model.parameters(), *model.buffers(), *self.int8_weights()]
 
     def save_pretrained(self, folder):
         """Writes the backbone (with any fine-tuned weights) as a Hugging Face
@@ -282,8 +402,11 @@ class Backbone(MethodHost, TrainedState, nn.Module, abc.ABC):
         """Blocks ``start`` to ``stop - 1`` (default: all) on tokens ``x``
         ``(batch, time, width)`` and their mask: ``encode`` in parts, so
         that blocks shared by several tasks run once."""
-        for block in self.layers[start:stop]:
-            x, mask = run_block(block, x, mask, recompute_block=self._recompute == "blocks")
+        with self.compute_context():
+            for block in self.layers[start:stop]:
+                x, mask = run_block(block, x, mask, recompute_block=self._recompute == "blocks")
+        if self._backbone_dtype == "bf16" and x.dtype != torch.float32 and not torch.is_autocast_enabled(x.device.type):
+            x = x.float()  # the caller computes in fp32: what follows the blocks gets fp32
         return x, mask
 
     def finish(self, x, mask):

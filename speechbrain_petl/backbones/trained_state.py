@@ -3,7 +3,8 @@ frozen weights it belongs to, and SpeechBrain's checkpoint hooks.
 
 :class:`TrainedState` is a mixin of :class:`speechbrain_petl.backbones.Backbone`.
 It relies on the backbone's ``petl``, ``merged`` (from the lifecycle),
-``source``, ``architecture()`` and ``_hash_cache``.
+``source``, ``architecture()`` and ``frozen_sha256()`` (the hash of the
+frozen tensors, the fp32 one for a lobe storing them in fewer bits).
 
 Two hooks read a trained state: the Checkpointer's (``_load``, a training
 checkpoint; the Checkpointer names the checkpoint and what to do) and the
@@ -94,7 +95,7 @@ class TrainedState:
             "lobe": type(self).__name__,
             "source": self.source,
             "architecture": self.architecture(),
-            "frozen_sha256": self._hash_cache.sha256(tensors),
+            "frozen_sha256": self.frozen_sha256(),
             "frozen_tensors": len(tensors),
         }
 

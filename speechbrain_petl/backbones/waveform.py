@@ -45,6 +45,9 @@ class WaveformEncoder(Backbone):
     max_samples : int, optional
         Crop clips to their first ``max_samples`` samples (None: clips of
         any length are used whole; see :attr:`Backbone.max_samples`).
+    backbone_dtype : str
+        ``"fp32"`` or ``"bf16"``: how the frozen linears of the blocks are
+        stored (:meth:`Backbone.store_frozen`).
     """
 
     model_class = None
@@ -52,8 +55,8 @@ class WaveformEncoder(Backbone):
     always_frozen = ("feature_encoder",)
 
     def __init__(self, source, pretrained=True, pooling="mean", petl=None, normalize_waveform=True,
-                 recompute=None, max_samples=None):
-        super().__init__(pooling=pooling, recompute=recompute, max_samples=max_samples)
+                 recompute=None, max_samples=None, backbone_dtype="fp32"):
+        super().__init__(pooling=pooling, recompute=recompute, max_samples=max_samples, backbone_dtype=backbone_dtype)
         model = self._load_transformers_model(self.model_class, self.config_class, source, pretrained)
         config = model.config
         self.hidden_size = config.hidden_size

@@ -27,6 +27,7 @@ import torch
 from speechbrain.inference.classifiers import EncoderClassifier
 
 from speechbrain_petl.backbones.base import crop_batch
+from speechbrain_petl.backbones.precision import BACKBONE_DTYPES
 from speechbrain_petl.data.audio import read_clip
 from speechbrain_petl.data.files import reading_folder
 from speechbrain_petl.hyperyaml import import_path
@@ -362,6 +363,16 @@ class AudioClassifier(EncoderClassifier):
         keys its ``overrides`` set).
     loaded_from : str, optional
         Where the folder was loaded from, for messages.
+    backbone_dtype : str, optional
+        How the lobe's frozen linears are stored and run
+        (:meth:`~speechbrain_petl.backbones.Backbone.store_frozen`):
+        ``"fp32"``, ``"bf16"`` (bf16 products; what
+        ``run_opts={"precision": "bf16"}`` selects when this is not given)
+        or ``"int8"`` (CPU: int8 products, activations quantised per call;
+        methods that override a linear's weight or bias, such as BitFit,
+        need bf16 or fp32). Trained tensors and the head stay fp32. Applied
+        after the trained state is loaded, to the lobe itself (a lobe given
+        to :meth:`from_modules` is changed in place).
 
     Example
     -------
@@ -379,10 +390,17 @@ class AudioClassifier(EncoderClassifier):
 
     def __init__(
         self, modules=None, hparams=None, run_opts=None, freeze_params=True, long_clips="crop",
-        overridden_settings=(), loaded_from=None,
+        overridden_settings=(), loaded_from=None, backbone_dtype=None,
     ):
         super().__init__(modules=modules, hparams=hparams, run_opts=run_opts, freeze_params=freeze_params)
         self.long_clips = check_long_clips(long_clips)
+        if backbone_dtype is None:
+            backbone_dtype = "bf16" if self.precision == "bf16" else "fp32"
+        if backbone_dtype not in BACKBONE_DTYPES:
+            raise ValueError(f"backbone_dtype must be one of {BACKBONE_DTYPES}, got {backbone_dtype!r}.")
+        lobe = self.mods.embedding_model
+        if backbone_dtype != lobe.backbone_dtype:
+            lobe.store_frozen(backbone_dtype)
         encoder = self.hparams.label_encoder
         #: Output units no training label maps to: never the best class.
         self.unused_outputs = unused_outputs([encoder.ind2lab[i] for i in range(len(encoder))])
@@ -404,7 +422,8 @@ class AudioClassifier(EncoderClassifier):
 
     @classmethod
     def from_modules(
-        cls, backbone, head, encoder, sample_rate=16000, run_opts=None, max_audio_samples=None, long_clips="crop"
+        cls, backbone, head, encoder, sample_rate=16000, run_opts=None, max_audio_samples=None, long_clips="crop",
+        backbone_dtype=None,
     ):
         """Builds the interface around live modules (a lobe and its head);
         head outputs the encoder does not name get ``<unused output i>``."""
@@ -420,7 +439,7 @@ class AudioClassifier(EncoderClassifier):
         # frozen ones (and change its fingerprint); eval mode and no_grad suffice.
         interface = cls(
             modules=modules, hparams=hparams, run_opts=run_opts or {"device": "cpu"}, freeze_params=False,
-            long_clips=long_clips,
+            long_clips=long_clips, backbone_dtype=backbone_dtype,
         )
         interface.mods.eval()
         return interface
@@ -437,7 +456,9 @@ class AudioClassifier(EncoderClassifier):
         ``overrides`` (SpeechBrain's) may change settings the folder was
         trained with (e.g. ``{"embedding_model": {"pooling": "cls"}}``): the
         keys they name are exempt from the settings check. ``long_clips``
-        (:data:`LONG_CLIP_POLICIES`) is passed to the constructor."""
+        (:data:`LONG_CLIP_POLICIES`) and ``backbone_dtype`` (e.g.
+        ``"int8"``; ``run_opts={"precision": "bf16"}`` selects ``"bf16"``)
+        are passed to the constructor."""
         kwargs.setdefault("overridden_settings", override_keys(kwargs.get("overrides")))
         kwargs.setdefault("loaded_from", str(source))
         if os.path.exists(str(source)):
@@ -450,13 +471,15 @@ class AudioClassifier(EncoderClassifier):
             return super().from_hparams(source, hparams_file=hparams_file, **kwargs)
 
     @classmethod
-    def from_experiment(cls, output_folder, max_key="acc", overrides=None, run_opts=None, long_clips="crop"):
+    def from_experiment(
+        cls, output_folder, max_key="acc", overrides=None, run_opts=None, long_clips="crop", backbone_dtype=None
+    ):
         """The best checkpoint (by ``max_key``) of a recipe's output folder,
         wherever that folder now is (see :func:`speechbrain_petl.studies.runs.load_run`)."""
         run = load_run(output_folder, max_key=max_key, overrides=overrides)
         return cls.from_modules(
             run["backbone"], run["head"], run["label_encoder"], run["sample_rate"], run_opts,
-            run["hparams"].get("max_audio_samples"), long_clips,
+            run["hparams"].get("max_audio_samples"), long_clips, backbone_dtype,
         )
 
     @property

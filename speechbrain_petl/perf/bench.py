@@ -4,7 +4,7 @@ Usage::
 
     python -m speechbrain_petl.perf.bench [--methods full,lora,lora:top3] [--frames 100,500]
         [--batch-size 8] [--steps 5] [--warmup 2] [--json out.json] [--markdown out.md]
-        [--device cuda --dtype bf16 --compile]
+        [--dtype fp32,bf16] [--device cuda --dtype bf16 --compile]
 
 Each method's model is built from its recipe yaml (default: the Speech
 Commands AST yamls) with ``pretrained: False`` (the real architecture,
@@ -42,8 +42,10 @@ For every method and size it reports:
   adapters fold only their LayerNorm copies);
 * ``flops_step`` (:mod:`speechbrain_petl.perf.flops`: matrix products
   only, counted analytically from the shapes) and ``matmul_fraction``: the
-  step's achieved FLOP/s over the machine's own fp32 (or bf16) matmul rate
-  measured at the same thread count;
+  step's achieved FLOP/s over the machine's own matmul rate in the dtype
+  the step's products ran in, measured at the same thread count (the
+  machine's fp32, bf16 and int8 rates and its ISA are in the report's
+  ``machine``);
 * ``features_fraction``: the share of the step spent computing the fbank,
   and ``data_fraction``: the share of (data loading + step) spent reading
   and collating the batch's WAV files in the main process (what
@@ -53,9 +55,17 @@ For every method and size it reports:
   the method's forward FLOPs relative to full fine-tuning (prompts and
   prefixes add tokens).
 
-The output is a markdown table per size (stdout, ``--markdown``) and the
-same rows as JSON (``--json``). Wall times on a shared machine are noisy:
-compare ratios from one run, and repeat.
+``--dtype`` takes several settings, measured one after the other for each
+method (so that a drifting machine affects them alike): ``fp32``;
+``bf16``, the step under bf16 autocast with the frozen linears stored in
+bf16 (``backbone_dtype: bf16``, :meth:`~speechbrain_petl.backbones.Backbone.store_frozen`);
+``bf16-autocast``, bf16 autocast with the backbone stored in fp32. Ratios
+to full fine-tuning are within one setting; with fp32 and another setting,
+a table puts them side by side (``<setting> / fp32``).
+
+The output is a markdown table per size and setting (stdout,
+``--markdown``) and the same rows as JSON (``--json``). Wall times on a
+shared machine are noisy: compare ratios from one run, and repeat.
 """
 
 import argparse
@@ -78,6 +88,8 @@ from speechbrain_petl.perf.measure import (
     SavedTensors,
     TensorPeak,
     cpu_name,
+    isa,
+    isa_text,
     matmul_rate,
     median,
     peak_rss_bytes,
@@ -102,7 +114,10 @@ PLAIN = "plain"
 #: A method's options when none are given (see :func:`parse_method`).
 NO_OPTIONS = {"top": None, "recompute": None}
 PLACEHOLDER = re.compile(r"^([A-Za-z_]\w*):\s*!PLACEHOLDER", re.MULTILINE)
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+#: ``--dtype`` settings: (autocast dtype or None, how the frozen linears are stored).
+DTYPES = {"fp32": (None, "fp32"), "bf16": (torch.bfloat16, "bf16"), "bf16-autocast": (torch.bfloat16, "fp32")}
+#: The matmul rates measured (``machine["matmul_gflops"]``).
+RATE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}
 MB = 1e6
 MIB = 2**20
 
@@ -245,6 +260,9 @@ def measure(spec):
     plain = spec["method"] == PLAIN
     if plain:
         backbone.set_active([])
+    autocast_dtype, stored = DTYPES[spec["dtype"]]
+    if stored != "fp32":
+        backbone.store_frozen(stored)
     backbone.to(device)
     head.to(device)
     if spec["compile"]:
@@ -252,11 +270,12 @@ def measure(spec):
             block.compile()
     wavs, lens, labels = make_batch(spec["batch"], spec["frames"], hparams.get("n_classes", 2), spec["seed"])
     wavs, lens, labels = wavs.to(device), lens.to(device), labels.to(device)
-    autocast = torch.autocast(device.type, dtype=DTYPES[spec["dtype"]], enabled=spec["dtype"] != "fp32")
+    autocast = torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None)
     modules = torch.nn.ModuleList([backbone, head])
     params = [p for p in modules.parameters() if p.requires_grad]
     row = {
         "method": method_label(spec["method"], spec),
+        "dtype": spec["dtype"],
         "frames": spec["frames"],
         "batch": spec["batch"],
         "trainable": 0 if plain else sum(p.numel() for p in params),
@@ -462,21 +481,34 @@ def measure_isolated(spec):
 RATIO_KEYS = ("step_s", "clips_per_s", "peak_bytes", "tensor_peak_bytes", "saved_bytes", "trainable", "flops_step")
 
 
+def rate_dtype(setting):
+    """The dtype whose matmul rate a ``--dtype`` setting's products run at.
+
+    Example
+    -------
+    >>> rate_dtype("fp32"), rate_dtype("bf16-autocast")
+    ('fp32', 'bf16')
+    """
+    return "fp32" if DTYPES[setting][0] is None else "bf16"
+
+
 def add_ratios(rows, matmul_flops):
     """Adds to each row its ratios to the full fine-tuning row of the same
-    size (``<key>_ratio``; None without such a row), ``step_ratio_scaled``
-    and the achieved FLOP/s and its fraction of ``matmul_flops``.
+    size and ``--dtype`` setting (``<key>_ratio``; None without such a row),
+    ``step_ratio_scaled`` and the achieved FLOP/s and its fraction of the
+    rate in ``matmul_flops`` (``{"fp32": FLOP/s, "bf16": FLOP/s}``) of the
+    dtype its products ran in.
 
     Example
     -------
     >>> rows = [{"method": "full", "frames": 100, "step_s": 4.0, "flops_forward": 10, "flops_step": 30},
     ...         {"method": "lora", "frames": 100, "step_s": 2.0, "flops_forward": 10, "flops_step": 20}]
-    >>> add_ratios(rows, matmul_flops=10.0)[1]["step_s_ratio"], rows[1]["matmul_fraction"]
+    >>> add_ratios(rows, matmul_flops={"fp32": 10.0})[1]["step_s_ratio"], rows[1]["matmul_fraction"]
     (0.5, 1.0)
     """
-    full = {row["frames"]: row for row in rows if row["method"] == "full"}
+    full = {(row["frames"], row.get("dtype", "fp32")): row for row in rows if row["method"] == "full"}
     for row in rows:
-        ref = full.get(row["frames"])
+        ref = full.get((row["frames"], row.get("dtype", "fp32")))
         for key in RATIO_KEYS:
             mine, theirs = row.get(key), None if ref is None else ref.get(key)
             row[f"{key}_ratio"] = mine / theirs if mine is not None and theirs else None
@@ -486,8 +518,35 @@ def add_ratios(rows, matmul_flops):
         row["step_ratio_scaled"] = scaled
         step_s, flops = row.get("step_s"), row.get("flops_step")
         row["flops_per_s"] = flops / step_s if step_s and flops else None
-        row["matmul_fraction"] = row["flops_per_s"] / matmul_flops if row["flops_per_s"] else None
+        rate = matmul_flops[rate_dtype(row.get("dtype", "fp32"))]
+        row["matmul_fraction"] = row["flops_per_s"] / rate if row["flops_per_s"] else None
     return rows
+
+
+def add_dtype_ratios(rows, base="fp32"):
+    """Adds to each row not in ``base`` its ratios to the row of the same
+    method and size in ``base`` (``<key>_vs_<base>``: ``step_s``,
+    ``tensor_peak_bytes``, ``infer_ms_per_clip``; None without one).
+
+    Example
+    -------
+    >>> rows = [{"method": "lora", "frames": 100, "dtype": "fp32", "step_s": 2.0},
+    ...         {"method": "lora", "frames": 100, "dtype": "bf16", "step_s": 1.0}]
+    >>> add_dtype_ratios(rows)[1]["step_s_vs_fp32"]
+    0.5
+    """
+    same = {(row["method"], row["frames"]): row for row in rows if row.get("dtype") == base}
+    for row in rows:
+        if row.get("dtype") == base:
+            continue
+        ref = same.get((row["method"], row["frames"]))
+        for key in DTYPE_RATIO_KEYS:
+            mine, theirs = row.get(key), None if ref is None else ref.get(key)
+            row[f"{key}_vs_{base}"] = mine / theirs if mine is not None and theirs else None
+    return rows
+
+
+DTYPE_RATIO_KEYS = ("step_s", "tensor_peak_bytes", "infer_ms_per_clip")
 
 
 def _fmt(value, scale=1.0, digits=2):
@@ -506,43 +565,33 @@ COLUMNS = (
 )
 
 
+def _settings(settings):
+    dtypes = settings["dtype"] if isinstance(settings["dtype"], list) else [settings["dtype"]]
+    return dtypes
+
+
 def markdown(report):
-    """The report as markdown: the machine, then one table per size."""
+    """The report as markdown: the machine, then one table per size and
+    ``--dtype`` setting, and the settings side by side when fp32 is one."""
     machine, settings = report["machine"], report["settings"]
+    rates = ", ".join(f"{name} {value:,.0f}" for name, value in machine["matmul_gflops"].items())
+    dtypes = _settings(settings)
     lines = [
         f"Machine: {machine['cpu']} ({machine['threads']} threads), {machine['device_name']}; "
-        f"torch {machine['torch']}; measured matmul rate {machine['matmul_gflops']:.1f} GFLOP/s "
-        f"({settings['dtype']}).",
-        f"Batch {settings['batch']}, {settings['dtype']}{', torch.compile' if settings['compile'] else ''}; "
+        f"{isa_text(machine['isa'])}; torch {machine['torch']}; measured matmul rates (GFLOP/s; int8: "
+        f"GOP/s): {rates}.",
+        f"Batch {settings['batch']}, {', '.join(dtypes)}{', torch.compile' if settings['compile'] else ''}; "
         f"median of {settings['steps']} steps after {settings['warmup']} warm-up; "
         f"models from {settings['hparams_dir']}.",
         f"Measured {settings['date']} with `{settings['command']}`.",
     ]
     for frames in sorted({row["frames"] for row in report["rows"]}):
-        lines += ["", f"**{frames} frames**", "", COLUMNS, "|" + "---|" * COLUMNS.count(" | ") + "---|"]
-        for row in report["rows"]:
-            if row["frames"] != frames:
-                continue
-            lines.append("| " + " | ".join([
-                row["method"],
-                f"{row['trainable']:,}",
-                _fmt(row.get("step_s")),
-                _fmt(row.get("step_s_ratio")),
-                _fmt(row.get("step_ratio_scaled")),
-                _fmt(row.get("clips_per_s"), digits=1),
-                _fmt(row.get("tensor_peak_bytes"), MB, 0),
-                _fmt(row.get("tensor_peak_bytes_ratio")),
-                _fmt(row.get("peak_bytes"), MB, 0),
-                _fmt(row.get("peak_bytes_ratio")),
-                _fmt(row.get("saved_bytes"), MIB, 0),
-                _fmt(row.get("saved_bytes_ratio")),
-                _fmt(row.get("infer_ms_per_clip"), digits=1),
-                _fmt(row.get("merged_ms_per_clip"), digits=1),
-                _fmt(row.get("flops_step"), 1e9, 1),
-                _pct(row.get("matmul_fraction")),
-                _pct(row.get("features_fraction")),
-                _pct(row.get("data_fraction")),
-            ]) + " |")
+        for dtype in dtypes:
+            title = f"**{frames} frames**" if len(dtypes) == 1 else f"**{frames} frames, {dtype}**"
+            lines += ["", title, "", COLUMNS, "|" + "---|" * COLUMNS.count(" | ") + "---|"]
+            lines += _table_rows(report, frames, dtype)
+        if "fp32" in dtypes and len(dtypes) > 1:
+            lines += ["", *_side_by_side(report, frames, dtypes)]
     for row in report.get("embedding_cache", []):
         lines += ["", (
             f"Linear probing with the embedding cache, {row['frames']} frames, {row['batches']} batches "
@@ -552,17 +601,73 @@ def markdown(report):
     return "\n".join(lines) + "\n"
 
 
-def machine_info(device, dtype):
-    """CPU model, thread count, device name, torch version and the measured
-    matmul rate (GFLOP/s) in ``dtype`` on ``device``."""
-    cpu = cpu_name()
+def _side_by_side(report, frames, dtypes):
+    """One table of each method in every setting against fp32."""
+    others = [d for d in dtypes if d != "fp32"]
+    header = ["method", "fp32 step (s)"]
+    for dtype in others:
+        header += [f"{dtype} step (s)", f"{dtype} / fp32", f"% matmul rate fp32 → {dtype}",
+                   f"tensor peak {dtype} / fp32", f"infer ms/clip fp32 → {dtype}", f"infer {dtype} / fp32"]
+    lines = [f"**{frames} frames: {', '.join(others)} against fp32**", "", "| " + " | ".join(header) + " |",
+             "|" + "---|" * len(header)]
+    rows = {(row["method"], row.get("dtype", "fp32")): row for row in report["rows"] if row["frames"] == frames}
+    for method in dict.fromkeys(row["method"] for row in report["rows"] if row["frames"] == frames):
+        base = rows.get((method, "fp32"), {})
+        cells = [method, _fmt(base.get("step_s"))]
+        for dtype in others:
+            row = rows.get((method, dtype), {})
+            cells += [
+                _fmt(row.get("step_s")), _fmt(row.get("step_s_vs_fp32")),
+                f"{_pct(base.get('matmul_fraction'))} → {_pct(row.get('matmul_fraction'))}",
+                _fmt(row.get("tensor_peak_bytes_vs_fp32")),
+                f"{_fmt(base.get('infer_ms_per_clip'), digits=1)} → {_fmt(row.get('infer_ms_per_clip'), digits=1)}",
+                _fmt(row.get("infer_ms_per_clip_vs_fp32")),
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _table_rows(report, frames, dtype):
+    """The main table's lines of one size and setting."""
+    lines = []
+    for row in report["rows"]:
+        if row["frames"] != frames or row.get("dtype", "fp32") != dtype:
+            continue
+        lines.append("| " + " | ".join([
+            row["method"],
+            f"{row['trainable']:,}",
+            _fmt(row.get("step_s")),
+            _fmt(row.get("step_s_ratio")),
+            _fmt(row.get("step_ratio_scaled")),
+            _fmt(row.get("clips_per_s"), digits=1),
+            _fmt(row.get("tensor_peak_bytes"), MB, 0),
+            _fmt(row.get("tensor_peak_bytes_ratio")),
+            _fmt(row.get("peak_bytes"), MB, 0),
+            _fmt(row.get("peak_bytes_ratio")),
+            _fmt(row.get("saved_bytes"), MIB, 0),
+            _fmt(row.get("saved_bytes_ratio")),
+            _fmt(row.get("infer_ms_per_clip"), digits=1),
+            _fmt(row.get("merged_ms_per_clip"), digits=1),
+            _fmt(row.get("flops_step"), 1e9, 1),
+            _pct(row.get("matmul_fraction")),
+            _pct(row.get("features_fraction")),
+            _pct(row.get("data_fraction")),
+        ]) + " |")
+    return lines
+
+
+def machine_info(device):
+    """CPU model and ISA (:func:`~speechbrain_petl.perf.measure.isa`), thread
+    count, device name, torch version and the measured matmul rates on
+    ``device`` (GFLOP/s; int8 in GOP/s) in fp32, bf16 and int8."""
     device_name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "CPU"
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
+        "isa": isa(),
         "threads": torch.get_num_threads(),
         "device_name": device_name,
         "torch": torch.__version__,
-        "matmul_gflops": matmul_rate(device, DTYPES[dtype]) / 1e9,
+        "matmul_gflops": {name: matmul_rate(device, dtype) / 1e9 for name, dtype in RATE_DTYPES.items()},
     }
 
 
@@ -580,7 +685,8 @@ def parse_args(argv=None):
     parser.add_argument("--inference-repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    parser.add_argument("--dtype", default="fp32",
+                        help=f"comma-separated settings of {sorted(DTYPES)}, e.g. fp32,bf16 (one sitting)")
     parser.add_argument("--compile", action="store_true", help="torch.compile every transformer block")
     parser.add_argument("--hparams-dir", default=str(DEFAULT_HPARAMS))
     parser.add_argument("--backbone-source", default=None,
@@ -610,6 +716,10 @@ def _check_args(args, parser):
         parser.error(f"--device {args.device}: CUDA is not available to this torch ({torch.__version__}).")
     if not args.device.startswith(("cpu", "cuda")):
         parser.error(f"--device must be cpu or cuda[:N], got {args.device!r}")
+    args.dtype = [d for d in args.dtype.split(",") if d]
+    unknown = [d for d in args.dtype if d not in DTYPES]
+    if unknown or not args.dtype or len(set(args.dtype)) != len(args.dtype):
+        parser.error(f"--dtype takes distinct comma-separated settings of {sorted(DTYPES)}, got {','.join(args.dtype)!r}")
     if args.compile and not args.device.startswith("cuda"):
         parser.error("--compile is for --device cuda (on CPU it would time compilation, not PETL).")
     for name in ("batch_size", "steps", "threads", "inference_repeats", "cache_batches"):
@@ -637,7 +747,7 @@ def run(args):
     if args.plain:
         plain_yaml = yamls.get("linear", next(iter(yamls.values())))
     report = {
-        "machine": machine_info(args.device, args.dtype),
+        "machine": machine_info(args.device),
         "settings": {
             "batch": args.batch_size, "steps": args.steps, "warmup": args.warmup, "dtype": args.dtype,
             "compile": args.compile, "device": args.device, "hparams_dir": str(args.hparams_dir),
@@ -651,21 +761,24 @@ def run(args):
         jobs.append((plain_yaml, PLAIN, NO_OPTIONS))
     for frames in args.frames:
         for yaml, name, options in jobs:
-            spec = worker_spec(args, yaml, name, options, frames)
-            row = measure_isolated(spec) if args.isolate else measure(spec)
-            if not args.isolate:
-                row["peak_bytes"] = None  # one process for all: its peak is no method's own
-                row["build_peak_bytes"] = None
-            print(f"[bench] {row['method']} @ {frames} frames: step {row.get('step_s') or 0:.3f} s",
-                  file=sys.stderr, flush=True)
-            report["rows"].append(row)
-    add_ratios(report["rows"], report["machine"]["matmul_gflops"] * 1e9)
+            for dtype in args.dtype:  # one after the other: a drifting machine affects both alike
+                spec = {**worker_spec(args, yaml, name, options, frames), "dtype": dtype}
+                row = measure_isolated(spec) if args.isolate else measure(spec)
+                if not args.isolate:
+                    row["peak_bytes"] = None  # one process for all: its peak is no method's own
+                    row["build_peak_bytes"] = None
+                print(f"[bench] {row['method']} @ {frames} frames, {dtype}: step {row.get('step_s') or 0:.3f} s",
+                      file=sys.stderr, flush=True)
+                report["rows"].append(row)
+    add_ratios(report["rows"], {name: rate * 1e9 for name, rate in report["machine"]["matmul_gflops"].items()})
+    add_dtype_ratios(report["rows"])
     if args.embedding_cache:
         if "linear" not in yamls:
             raise ValueError(f"--embedding-cache needs a linear probing yaml in {args.hparams_dir}")
         report["embedding_cache"] = []
         for frames in args.frames:
-            spec = {**worker_spec(args, yamls["linear"], "linear", NO_OPTIONS, frames), "cache": True}
+            spec = {**worker_spec(args, yamls["linear"], "linear", NO_OPTIONS, frames), "cache": True,
+                    "dtype": args.dtype[0]}
             row = measure_isolated(spec) if args.isolate else measure_cache(spec)
             print(f"[bench] embedding cache @ {frames} frames: {row['speedup']:.1f}x", file=sys.stderr, flush=True)
             report["embedding_cache"].append(row)

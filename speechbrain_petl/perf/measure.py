@@ -1,5 +1,8 @@
 """Time, memory and saved activations of a training step, the machine's
-matrix-multiplication rate, and where, when and how a figure was measured."""
+matrix-multiplication rate (fp32, bf16, int8), and where, when and how a
+figure was measured, including the CPU's instruction set: the same model
+runs several times faster in bf16 or int8 on a CPU with native support
+(AVX512-BF16, AMX, VNNI) and can run slower without it."""
 
 import contextlib
 import datetime
@@ -12,6 +15,8 @@ import time
 
 import torch
 
+from speechbrain_petl.backbones.precision import cpu_flags
+
 
 def cpu_name():
     """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` says."""
@@ -23,10 +28,38 @@ def cpu_name():
     return platform.processor() or platform.machine()
 
 
+def isa():
+    """The instruction set that decides the low-precision rates: the CPU
+    ``flags`` of :data:`~speechbrain_petl.backbones.precision.ISA_FLAGS`
+    (``{flag: bool}``) and ``capability``, the widest vector ISA torch's
+    CPU kernels use here (``torch.backends.cpu.get_cpu_capability()``).
+
+    Example
+    -------
+    >>> facts = isa()
+    >>> sorted(facts), "avx512_bf16" in facts["flags"]
+    (['capability', 'flags'], True)
+    """
+    return {"flags": cpu_flags(), "capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def isa_text(facts):
+    """The ISA of :func:`isa` in a few words.
+
+    Example
+    -------
+    >>> isa_text({"flags": {"amx_bf16": False, "avx512_bf16": True}, "capability": "AVX512"})
+    'avx512_bf16; torch CPU kernels: AVX512'
+    """
+    present = [flag for flag, on in facts["flags"].items() if on]
+    return f"{', '.join(present) or 'no bf16/int8 instructions'}; torch CPU kernels: {facts['capability']}"
+
+
 def provenance(command, argv):
-    """Where, when and how a measurement is made: ``cpu``, torch's
-    ``threads`` and version, the UTC ``date`` and the ``command`` line
-    (``command`` followed by ``argv``, quoted as a shell would need).
+    """Where, when and how a measurement is made: ``cpu`` and its ``isa``
+    (:func:`isa`), torch's ``threads`` and version, the UTC ``date`` and the
+    ``command`` line (``command`` followed by ``argv``, quoted as a shell
+    would need).
 
     Example
     -------
@@ -36,6 +69,7 @@ def provenance(command, argv):
     """
     return {
         "cpu": cpu_name(),
+        "isa": isa(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -45,9 +79,10 @@ def provenance(command, argv):
 
 def provenance_line(facts):
     """One markdown line stating :func:`provenance`'s facts."""
+    isa_part = f"; {isa_text(facts['isa'])}" if "isa" in facts else ""
     return (
         f"Measured {facts['date']} on {facts['cpu']} ({facts['threads']} torch threads, "
-        f"torch {facts['torch']}) with `{facts['command']}`."
+        f"torch {facts['torch']}{isa_part}) with `{facts['command']}`."
     )
 
 
@@ -85,20 +120,28 @@ def median(values):
 
 
 def matmul_rate(device="cpu", dtype=torch.float32, size=2048, repeats=5):
-    """The machine's matrix-multiplication rate in FLOP/s: the best of
-    ``repeats`` products of two ``size x size`` matrices (``2 * size**3``
-    FLOPs each) at the current thread count, after one warm-up product.
+    """The machine's matrix-multiplication rate in FLOP/s (int8: operations
+    per second): the best of ``repeats`` products of two ``size x size``
+    matrices (``2 * size**3`` each) at the current thread count, after one
+    warm-up product. ``torch.int8`` times ``torch._int_mm`` (int8 inputs,
+    int32 sums: the kernel of int8 linears), other dtypes ``torch.mm``.
 
     Example
     -------
-    >>> matmul_rate(size=64, repeats=2) > 0
-    True
+    >>> matmul_rate(size=64, repeats=2) > 0, matmul_rate(dtype=torch.int8, size=64, repeats=2) > 0
+    (True, True)
     """
     generator = torch.Generator().manual_seed(0)
-    a = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
-    b = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
-    torch.mm(a, b)
-    best = min(timed(lambda: torch.mm(a, b), device)[0] for _ in range(repeats))
+    if dtype == torch.int8:
+        a = torch.randint(-127, 128, (size, size), generator=generator, dtype=torch.int8).to(device)
+        b = torch.randint(-127, 128, (size, size), generator=generator, dtype=torch.int8).to(device)
+        product = torch._int_mm
+    else:
+        a = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
+        b = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
+        product = torch.mm
+    product(a, b)
+    best = min(timed(lambda: product(a, b), device)[0] for _ in range(repeats))
     return 2 * size**3 / best
 
 
@@ -269,6 +312,6 @@ class ModuleTimer:
 
 
 __all__ = [
-    "ModuleTimer", "SavedTensors", "TensorPeak", "matmul_rate", "median", "peak_rss_bytes",
+    "ModuleTimer", "SavedTensors", "TensorPeak", "isa", "isa_text", "matmul_rate", "median", "peak_rss_bytes",
     "synchronize", "tensor_bytes", "timed",
 ]
