@@ -106,10 +106,10 @@ def test_load_test_warms_up_under_the_same_checks():
 
 def test_hot_path_mode_reports_both_goals(tmp_path):
     md, js = tmp_path / "hot.md", tmp_path / "hot.json"
-    rows = serving.main(["--hot_path", "--backbones", "tiny", "--rounds", "1", "--seconds", "0.5",
+    rows = serving.main(["--hot_path", "--backbones", "tiny", "--tiny_rounds", "2", "--seconds", "0.5",
                          "--markdown", str(md), "--json", str(js)])
     (row,) = rows
-    assert row["backbone"] == "tiny" and all(row[f"{name}_s"] > 0 for name in (
+    assert row["backbone"] == "tiny" and row["rounds"] == 2 and all(row[f"{name}_s"] > 0 for name in (
         "plain_1", "linear_1", "lora_1", "single_1", "mixed_8", "one_task_8", "single_8"))
     text = md.read_text()
     assert text.startswith("Measured ") and "per-call overhead at batch 1" in text and "mixed batch of 8" in text
