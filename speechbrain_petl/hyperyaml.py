@@ -101,12 +101,18 @@ def callable_spec(obj):
     >>> import torch
     >>> callable_spec(functools.partial(torch.nn.GELU, approximate="tanh"))
     Name(path='torch.nn.GELU', kwargs={'approximate': 'tanh'})
+    >>> callable_spec(functools.partial(torch.nn.Sequential, act=torch.nn.GELU)).kwargs
+    {'act': Name(path='torch.nn.GELU', kwargs={})}
     """
     if isinstance(obj, functools.partial):
         if obj.args:
             raise ValueError(f"{obj!r} binds positional arguments; only keyword ones can be written to a yaml.")
         inner = callable_spec(obj.func)
-        return Name(inner.path, {**inner.kwargs, **obj.keywords})
+        keywords = {  # classes and partials bound as keywords (an adapter's activation)
+            key: callable_spec(value) if isinstance(value, (type, functools.partial)) else value
+            for key, value in obj.keywords.items()
+        }
+        return Name(inner.path, {**inner.kwargs, **keywords})
     return Name(import_path(obj))
 
 

@@ -11,11 +11,13 @@ from speechbrain_petl.methods import (
     BitFit,
     BottleneckAdapter,
     ConformerAdapter,
+    DenseMoA,
     FullFineTuning,
     LinearProbing,
     LoRA,
     PrefixTuning,
     PromptTuning,
+    SoftMoA,
 )
 
 
@@ -28,6 +30,24 @@ def conformer(placement="pfeiffer", mode="parallel", kernel_size=5):
     """Conformer adapters of width 4."""
     block = functools.partial(ConformerAdapter, bottleneck=4, kernel_size=kernel_size)
     return Adapters(block, placement, mode)
+
+
+#: The mixtures' bottleneck experts: width 4, GELU (as the authors').
+_MOA_BOTTLENECK = functools.partial(BottleneckAdapter, bottleneck=4, activation=torch.nn.GELU)
+
+
+def soft_moa(experts=3, slots=2, **options):
+    """Soft-MoA with GELU bottleneck experts of width 4."""
+    return SoftMoA(_MOA_BOTTLENECK, experts=experts, slots=slots, **options)
+
+
+def dense_moa(experts=3, conformer_experts=False, **options):
+    """Dense-MoA with bottleneck (or Conformer, kernel 5) experts of width 4."""
+    if conformer_experts:
+        block = functools.partial(ConformerAdapter, bottleneck=4, kernel_size=5)
+    else:
+        block = _MOA_BOTTLENECK
+    return DenseMoA(block, experts=experts, **options)
 
 
 #: Methods whose adapted model equals the frozen backbone at initialisation.
@@ -52,6 +72,11 @@ IDENTITY_AT_INIT = {
     "conformer_pfeiffer_parallel": conformer,
     "conformer_houlsby_sequential": lambda: conformer("houlsby", "sequential"),
     "conformer_even_kernel": lambda: conformer(kernel_size=8),
+    "soft_moa": soft_moa,
+    "soft_moa_houlsby_normalized": lambda: soft_moa(placement="houlsby", normalize=True),
+    "dense_moa_conformer": lambda: dense_moa(conformer_experts=True),
+    "soft_moa_default_experts": lambda: SoftMoA(experts=2, reduction_rate=8),
+    "dense_moa_ffn": lambda: dense_moa(location="ffn"),
 }
 TOKEN_METHODS = {
     "prompt_shallow": lambda: PromptTuning(length=3),
@@ -76,6 +101,12 @@ PAPER_METHODS = {
     "Bottleneck (Houlsby)": lambda: Adapters(_PAPER_BOTTLENECK, placement="houlsby"),
     "Conformer (Pfeiffer)": lambda: Adapters(_PAPER_CONFORMER),
     "Conformer (Houlsby)": lambda: Adapters(_PAPER_CONFORMER, placement="houlsby"),
+}
+#: The follow-up paper's mixtures at the authors' defaults (7 bottleneck
+#: experts of width 768 / 128 = 6, 1 slot, beside the attention).
+MOA_METHODS = {
+    "Soft-MoA": SoftMoA,
+    "Dense-MoA": DenseMoA,
 }
 
 

@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from speechbrain_petl.perf.bench import recipe_yamls as bench_yamls
 from docs_commands import PAGES, REPO, commands, package_modules
 
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
@@ -115,7 +116,9 @@ def test_installed_package_answers_help_outside_the_checkout(tmp_path):
     )
     module_file, hparams, methods = json.loads(where.stdout)
     assert module_file.startswith(str(site)) and hparams.startswith(str(site))
-    assert len(methods) == 11
+    # the paper's 11 rows and the two mixtures of adapters: every AST yaml of the checkout's folder is shipped
+    assert methods == sorted(bench_yamls(REPO / "recipes" / "Google-speech-commands" / "PETL" / "hparams"))
+    assert len(methods) == 13
     modules = package_modules()
     assert "speechbrain_petl.export" in modules and len(modules) >= 6
     for module in modules:

@@ -401,12 +401,14 @@ def _latest_end_of_epoch_tensors(out):
 KILL_POINTS = ("step:1:1", "save:1:4:2", "step:2:3")
 
 
-def test_killed_and_resumed_run_equals_an_uninterrupted_one(mini_data, tmp_path, tiny_ast_dir):
+@pytest.mark.parametrize("yaml", ["conformer_esc50.yaml", "soft_moa_esc50.yaml"])
+def test_killed_and_resumed_run_equals_an_uninterrupted_one(yaml, mini_data, tmp_path, tiny_ast_dir):
     """SIGKILL a run at several points and restart it each time: it ends with
     bit-identical trained tensors, epoch statistics and test predictions to
     an uninterrupted run with the same seed (ESC-50's SpecAugment draws
-    random numbers at every step; the Conformer adapter has BatchNorm)."""
-    row = next(r for r in ROWS if row_id(r) == "conformer_esc50.yaml")
+    random numbers at every step; the Conformer adapter has BatchNorm;
+    Soft-MoA, issue 23, slots and experts)."""
+    row = next(r for r in ROWS if row_id(r) == yaml)
     data = mini_data["ESC50"]  # 24 training clips: 6 steps per epoch
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]), "OMP_NUM_THREADS": "1"}
 

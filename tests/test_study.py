@@ -329,3 +329,40 @@ def test_report_of_only_unreadable_runs_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="No run.json of a reportable run"):
         report.main([str(tmp_path), f"--output={tmp_path / 'out'}"])
     assert "Skipped" in capsys.readouterr().out
+
+
+def test_moa_ablation_figure_has_a_line_per_method_and_slots(tmp_path):
+    """The follow-up paper's ablation: accuracy against the number of
+    experts, one line per method and number of slots per expert."""
+    root = tmp_path / "logs"
+    for slots in (1, 2):
+        for i, experts in enumerate([2, 4, 7, 15]):
+            _fake_run(root / f"soft{slots}_{experts}", "soft_moa_gsc", "Google-speech-commands", correct=5 + i % 3,
+                      sweep={"experts": str(experts)}, overrides=[f"--slots={slots}", f"--experts={experts}"])
+    for experts in (2, 4):
+        _fake_run(root / f"dense_{experts}", "dense_moa_gsc", "Google-speech-commands", correct=6,
+                  sweep={"experts": str(experts)}, overrides=[f"--experts={experts}"])
+    runs = report.load_runs([str(root)])
+    fig = report.sweep_figure(runs, ("experts",), lambda r: int(r["sweep"]["experts"]), "experts", report.moa_label)
+    ax = fig.axes[0]
+    assert sorted(line.get_label() for line in ax.get_lines()) == [
+        "Google-speech-commands dense_moa", "Google-speech-commands soft_moa, 1 slot",
+        "Google-speech-commands soft_moa, 2 slots"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["2", "4", "7", "15"]
+    report.main([str(root), f"--output={tmp_path / 'report'}"])
+    assert (tmp_path / "report" / "figure_moa.png").is_file()
+    assert not (tmp_path / "report" / "figure3.png").exists()
+
+
+def test_budget_solver_knows_the_mixtures():
+    """Mixtures: the solver sizes the experts' bottleneck (the number of
+    experts and slots given as overrides); counts as the recipes'."""
+    gsc = REPO / "recipes/Google-speech-commands/PETL/hparams"
+    rows = budget.main([str(gsc / "soft_moa_gsc.yaml"), "--key=adapter_bottleneck", "--targets=922104"])
+    assert rows == [(922104, 6, 922104)]
+    per_block = lambda n, p, r: n * (768 * r + r + r * 768 + 768) + 768 * n * p + 1536  # noqa: E731
+    rows = budget.main([str(gsc / "soft_moa_gsc.yaml"), "--key=experts", "--targets=500000", "--slots=2"])
+    assert rows[0][2] == 12 * per_block(rows[0][1], 2, 6)
+    rows = budget.main([str(gsc / "dense_moa_gsc.yaml"), "--key=adapter_bottleneck", "--targets=500000", "--experts=2"])
+    assert rows[0][2] == 12 * (2 * (1536 + 768 * 2 * rows[0][1] + 2 * rows[0][1] + 32 * rows[0][1]
+                                    + 2 * rows[0][1] + 768 * rows[0][1] + 768) + 768 * 2 + 2 + 1536)

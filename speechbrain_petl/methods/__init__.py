@@ -10,6 +10,7 @@ from speechbrain_petl.methods.bitfit import BitFit
 from speechbrain_petl.methods.full import FullFineTuning
 from speechbrain_petl.methods.linear import LinearProbing
 from speechbrain_petl.methods.lora import LoRA, LowRankUpdate
+from speechbrain_petl.methods.moa import DenseMoA, SoftMoA
 from speechbrain_petl.methods.prefix import PrefixTuning
 from speechbrain_petl.methods.prompts import PromptTuning
 
@@ -18,6 +19,7 @@ __all__ = [
     "BitFit",
     "BottleneckAdapter",
     "ConformerAdapter",
+    "DenseMoA",
     "FullFineTuning",
     "LinearProbing",
     "LoRA",
@@ -26,4 +28,5 @@ __all__ = [
     "PETLMethod",
     "PrefixTuning",
     "PromptTuning",
+    "SoftMoA",
 ]

@@ -6,11 +6,13 @@ Usage::
         --key=adapter_bottleneck --targets=50000,100000,250000,500000,1000000
 
 For each target, finds the integer value of the top-level yaml ``key``
-(``adapter_bottleneck``, ``lora_rank``, ``prompt_length``, ``prefix_length``
-...) whose model has the PETL parameter count closest to it, counting the
+(``adapter_bottleneck``, ``lora_rank``, ``prompt_length``, ``prefix_length``,
+the mixtures' ``experts`` and ``slots`` ...) whose model has the PETL parameter count closest to it, counting the
 model the yaml really builds (on PyTorch's meta device: no memory, no
 weights, no download). Prints the exact counts and the ``--sweep`` argument
-for :mod:`speechbrain_petl.studies.study`.
+for :mod:`speechbrain_petl.studies.study`. Other keys are fixed with
+``--key=value`` overrides: a mixture's budget is experts x expert size
+(+ slots or router), e.g. ``--key=adapter_bottleneck --experts=4``.
 """
 
 import argparse
@@ -30,18 +32,26 @@ def petl_count(hparams, key, value, overrides=()):
 
 def solve(count, target, low=1, high=1 << 16):
     """Smallest-error integer ``v`` in [low, high] for a non-decreasing
-    ``count(v)``: binary search for the first value reaching ``target``,
-    then the closer of it and its predecessor.
+    ``count(v)``: doubling from ``low`` until ``target`` is reached (so a
+    key whose models grow fast, such as a mixture's number of experts, is
+    never built at a huge value), binary search for the first value
+    reaching it, then the closer of it and its predecessor.
 
     Example
     -------
     >>> solve(lambda v: 1000 * v + 50, 12_345)
     12
+    >>> tried = []
+    >>> solve(lambda v: tried.append(v) or 76_842 * v, 500_000), max(tried)
+    (7, 9)
     """
     if count(low) >= target:
         return low
-    lo, hi = low, high
-    while lo < hi:  # first v with count(v) >= target
+    lo, hi = low, low + 1
+    while hi < high and count(hi) < target:  # doubling: count(lo) < target throughout
+        lo, hi = hi, min(high, low + 2 * (hi - low))
+    lo += 1
+    while lo < hi:  # first v in (lo - 1, hi] with count(v) >= target
         mid = (lo + hi) // 2
         if count(mid) >= target:
             hi = mid

@@ -3,6 +3,7 @@
 Usage::
 
     python -m speechbrain_petl.studies.params HPARAMS.yaml [--key=value ...]
+    python -m speechbrain_petl.studies.params --markdown A.yaml B.yaml ... [--key=value ...]
 
 Builds the ``modules`` of the yaml (use ``--pretrained=False`` to work
 offline: random weights from the shipped config), prints a per-module
@@ -15,6 +16,11 @@ modules, plus backbone tensors a method unfroze); ``head`` the trainable
 parameters of the other modules (the classifier); ``frozen`` everything
 that does not train. Nothing is written: ``!PLACEHOLDER`` keys get dummy
 values and ``output_folder`` points to a temporary folder.
+
+With ``--markdown``, one table row per yaml (the same overrides for all):
+its methods as they describe themselves (mixtures of adapters: experts x
+expert width, slots or router, sites) and its counts, for docs pages that
+must not carry hand-typed numbers (``docs/moa.md``).
 """
 
 import collections
@@ -96,6 +102,8 @@ def report(modules, out=None):
                     f"  petl '{name}': {type(method).__name__}  {method.num_trainable():,}",
                     file=out,
                 )
+                if hasattr(method, "describe"):
+                    print(f"    {method.describe()}", file=out)
             for pattern, n in petl_breakdown(module):
                 print(f"    {pattern}: {n:,}", file=out)
     print(json.dumps(summary), file=out)
@@ -127,10 +135,47 @@ def load_modules(argv):
     return dict(hparams["modules"])
 
 
+def describe_methods(modules):
+    """The lobe's methods, each as it describes itself (else its class name)."""
+    backbone = next(m for m in modules.values() if isinstance(m, Backbone))
+    parts = [m.describe() if hasattr(m, "describe") else type(m).__name__ for m in backbone.petl.values()]
+    return "; ".join(parts) or "none"
+
+
+def markdown_table(yamls, overrides=(), out=None):
+    """Prints a markdown table of the PETL and head counts of each yaml
+    (built on the meta device) and returns its rows."""
+    import os
+
+    import torch
+
+    out = out or sys.stdout
+    rows = []
+    print("| yaml | methods | PETL params | head params |\n|---|---|---:|---:|", file=out)
+    for path in yamls:
+        with torch.device("meta"):
+            modules = load_modules([path, *overrides])
+        summary = summarize(modules)
+        name = os.path.relpath(path) if not os.path.isabs(path) else path
+        row = (name, describe_methods(modules), summary["petl"], summary["head"])
+        rows.append(row)
+        print(f"| `{row[0]}` | {row[1]} | {row[2]:,} | {row[3]:,} |", file=out)
+    return rows
+
+
 def main(argv=None):
     """Entry point of ``python -m speechbrain_petl.studies.params``."""
     argv = sys.argv[1:] if argv is None else argv
-    report(load_modules(argv))
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return None
+    if "--markdown" in argv:
+        rest = [a for a in argv if a != "--markdown"]
+        yamls = [a for a in rest if not a.startswith("--")]
+        if not yamls:
+            raise SystemExit("--markdown needs at least one yaml")
+        return markdown_table(yamls, [a for a in rest if a.startswith("--")])
+    return report(load_modules(argv))
 
 
 if __name__ == "__main__":

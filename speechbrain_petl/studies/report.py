@@ -14,9 +14,11 @@ Reads every run folder written by :mod:`speechbrain_petl.studies.study` (a
   recipe's defaults (backbone, ``pretrained``, epochs, few-shot, ``--debug``)
   is marked ⚠n, and footnote n says how: such numbers are not comparable
   to the paper's;
-* ``figure2.png`` (accuracy against PETL parameters, budget sweeps) and
-  ``figure3.png`` (accuracy against the Conformer kernel size), when such
-  sweeps were run;
+* ``figure2.png`` (accuracy against PETL parameters, budget sweeps),
+  ``figure3.png`` (accuracy against the Conformer kernel size) and
+  ``figure_moa.png`` (accuracy against the number of experts of Soft-MoA and
+  Dense-MoA, one line per method and number of slots: the follow-up
+  paper's ablation), when such sweeps were run;
 * ``curves/<yaml>/<point>/<run>.png``: accuracy and loss per epoch of each run.
 
 Accuracies are recomputed from each run's ``test_predictions.csv``; the
@@ -252,9 +254,39 @@ def integer_axis(axis, values=None):
         axis.set_major_locator(MaxNLocator(integer=True))
 
 
-def sweep_figure(runs, keys, x_of, xlabel):
+def run_setting(run, key):
+    """The value (yaml text) of top-level ``key`` a run trained with: its
+    ``--key=`` override, else its yaml's default; None when neither has it.
+
+    Example
+    -------
+    >>> path = getfixture("tmp_path") / "x.yaml"
+    >>> _ = path.write_text("slots: 1\\n")
+    >>> run_setting({"hparams": str(path), "overrides": ["--slots=2"]}, "slots")
+    '2'
+    >>> run_setting({"hparams": str(path), "overrides": []}, "slots")
+    '1'
+    """
+    for arg in reversed(run.get("overrides", [])):
+        if arg.startswith(f"--{key}="):
+            return arg.split("=", 1)[1]
+    if os.path.isfile(run.get("hparams", "")):
+        return yaml_defaults(run["hparams"], (key,)).get(key)
+    return None
+
+
+def moa_label(run):
+    """A line of the experts figure: dataset, method and slots per expert
+    (Soft-MoA; Dense-MoA has none)."""
+    slots = run_setting(run, "slots")
+    return f"{run['dataset']} {run['method']}" + (f", {slots} slot{'s' if slots != '1' else ''}" if slots else "")
+
+
+def sweep_figure(runs, keys, x_of, xlabel, label_of=None):
     """Accuracy against ``x_of(run)`` for the finished sweeps over ``keys``
-    (a run whose ``x_of`` is None is left out); None when there are none."""
+    (a run whose ``x_of`` is None is left out), one line per
+    ``label_of(run)`` (default: dataset, method and few-shot size); None
+    when there are none."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -267,7 +299,10 @@ def sweep_figure(runs, keys, x_of, xlabel):
         x = x_of(run)
         if x is None:  # e.g. no parameter count recorded
             continue
-        label = f"{run['dataset']} {run['method']}" + (f" {run['few_shot']}-shot" if run["few_shot"] else "")
+        if label_of is not None:
+            label = label_of(run)
+        else:
+            label = f"{run['dataset']} {run['method']}" + (f" {run['few_shot']}-shot" if run["few_shot"] else "")
         groups.setdefault(label, {}).setdefault(x, []).append(100 * run["accuracy"])
     if not groups:
         return None
@@ -339,6 +374,10 @@ def main(argv=None):
         "figure3.png": _save(
             sweep_figure(runs, ("kernel_size",), lambda r: int(r["sweep"]["kernel_size"]), "Conformer kernel size"),
             os.path.join(args.output, "figure3.png"), dpi=120,
+        ),
+        "figure_moa.png": _save(
+            sweep_figure(runs, ("experts",), lambda r: int(r["sweep"]["experts"]), "number of experts", moa_label),
+            os.path.join(args.output, "figure_moa.png"), dpi=120,
         ),
     }
     for run in runs:
