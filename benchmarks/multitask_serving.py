@@ -540,10 +540,17 @@ def parse_args(argv):
     return args
 
 
+def task_folders(root, config, names):
+    """A backbone of ``config`` saved under ``root`` and the task folders ``names`` on it."""
+    ASTModel(config()).save_pretrained(root / "ast")
+    return make_task_folders(root, root / "ast", names)
+
+
 @torch.no_grad()  # restored on return: callers in the same process keep their grad mode
 def main(argv):
-    """Runs the table mode (or, with ``--threads``, the load test), prints
-    the report and returns its rows (the load report's dict)."""
+    """Runs the table mode (or, with ``--threads``, the load test; with
+    ``--hot_path``, the hot path measures), prints the report and returns its
+    rows (the load report's dict)."""
     args = parse_args(argv)
     facts = provenance("python benchmarks/multitask_serving.py", argv)
     backbone_name, config = BACKBONES[args.backbone]
@@ -552,20 +559,15 @@ def main(argv):
     with tempfile.TemporaryDirectory() as tmp:
         root = pathlib.Path(tmp)
         if args.hot_path:
+            key = "hot_path"
             rounds = {name: args.tiny_rounds if name == "tiny" else args.rounds for name in args.backbone_list}
             results = [hot_path(root, name, rounds[name], samples) for name in args.backbone_list]
             medians = ", ".join(f"{BACKBONES[name][0]}: {count}" for name, count in rounds.items())
-            text = "\n".join([provenance_line(facts), f"Median of interleaved rounds ({medians}); random weights, "
-                              f"{args.seconds:g} s clips.", "", *hot_path_markdown(results), ""])
-            print(text)
-            if args.markdown:
-                pathlib.Path(args.markdown).write_text(text)
-            if args.json:
-                pathlib.Path(args.json).write_text(json.dumps({"provenance": facts, "hot_path": results}, indent=2))
-            return results
-        ASTModel(config()).save_pretrained(root / "ast")
-        folders = make_task_folders(root, root / "ast", names)
-        if args.threads is None:
+            body = [f"Median of interleaved rounds ({medians}); random weights, {args.seconds:g} s clips.",
+                    "", *hot_path_markdown(results)]
+        elif args.threads is None:
+            key = "rows"
+            folders = task_folders(root, config, names)
             results = [
                 measure(folders, YAMLS[:n], args.clips_per_task, args.repeats, samples, root / "single")
                 for n in args.counts
@@ -577,7 +579,8 @@ def main(argv):
                 table_markdown(results),
             ]
         else:
-            server = MultiTaskClassifier.from_folders(folders)
+            key = "load"
+            server = MultiTaskClassifier.from_folders(task_folders(root, config, names))
             requests = make_requests(names, args.pool, args.max_batch, samples, args.seed)
             results = load_test(server, requests, args.threads, args.duration, args.atol, args.seed, args.warmup)
             results["tasks"] = names
@@ -595,7 +598,6 @@ def main(argv):
     if args.markdown:
         pathlib.Path(args.markdown).write_text(text)
     if args.json:
-        key = "rows" if args.threads is None else "load"
         pathlib.Path(args.json).write_text(json.dumps({"provenance": facts, key: results}, indent=2))
     return results
 

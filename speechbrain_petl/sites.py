@@ -188,12 +188,6 @@ class Site(nn.Module):
         the calling thread's or task's context, never stored here."""
         return _ROUTES.get().get(self.route_key)
 
-    @property
-    def _routes(self) -> Optional[Dict[str, Optional[torch.Tensor]]]:
-        """This call's rows per routed owner (None: not routed)."""
-        routes = self._call_routes()
-        return None if routes is None else routes.rows
-
     def _plan(self, routes: Optional[_Routes]) -> _Plan:
         """The plan for ``routes`` (None: the active set), made on first use."""
         key = None if routes is None else routes.owners
@@ -251,11 +245,6 @@ class Site(nn.Module):
         if names != self._skipped:
             self._skipped = names
             self._changed()
-
-    def _runs(self, owner):
-        """Whether ``owner``'s hooks and overrides take part in this call."""
-        routes = self._call_routes()
-        return self._runs_in(owner, None if routes is None else routes.owners)
 
     def running_hooks(self):
         """``(owner, hook, rows)`` of the hooks that run in this call, in
@@ -422,15 +411,11 @@ class _ParameterSite(Site, abc.ABC):
             return owners[0][1]
         return getattr(self.wrapped, name)
 
-    def routed_param(self, name: str, batch: int):
-        """``(tensor, per_sample)`` for ``name`` in this routed call: the
-        shared tensor (``per_sample`` False), or, when routed owners override
-        it for part of the batch, a ``(batch, *shape)`` stack holding each
-        sample's own values (its owner's override, else the frozen tensor)."""
-        routes = self._call_routes()
-        return self._routed_param(self._plan(routes), routes, name, batch)
-
     def _routed_param(self, plan, routes, name, batch):
+        """``(tensor, per_sample)`` for ``name`` in a routed call: the shared
+        tensor (``per_sample`` False), or, when routed owners override it for
+        part of the batch, a ``(batch, *shape)`` stack holding each sample's
+        own values (its owner's override, else the frozen tensor)."""
         owners = plan.overrides.get(name)
         frozen = getattr(self.wrapped, name)
         if not owners:
@@ -442,9 +427,6 @@ class _ParameterSite(Site, abc.ABC):
             rows = routes.rows[owner]
             choice[slice(None) if rows is None else rows] = index
         return torch.stack([frozen] + [value for _, value in owners])[choice], True
-
-    def _runs(self, owner):
-        return super()._runs(owner) and not self._is_folded(owner)
 
     def may_train(self):
         """Whether autograd may be needed here: an active hook runs, or the

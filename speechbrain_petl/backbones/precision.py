@@ -170,12 +170,15 @@ class Int8Weight(torch.Tensor):
     """
 
     @staticmethod
-    def __new__(cls, data, scales, packed):
+    def __new__(cls, data, scales, packed, reduce_range):
         return torch.Tensor._make_subclass(cls, data, False)
 
-    def __init__(self, data, scales, packed):
+    def __init__(self, data, scales, packed, reduce_range):
         self.scales = scales
         self.packed = packed
+        #: FBGEMM's reduced activation range, for CPUs without native int8
+        #: products (decided once, when quantised: not on every call).
+        self.reduce_range = reduce_range
 
     @classmethod
     def quantize(cls, weight):
@@ -189,14 +192,14 @@ class Int8Weight(torch.Tensor):
                 data, scales.double(), torch.zeros(len(scales), dtype=torch.long), 0
             )
             packed = torch.ops.quantized.linear_prepack(qweight, None)
-        return cls(data, scales, packed)
+        return cls(data, scales, packed, not has_vnni())
 
     def linear(self, x, bias=None):
         """``x @ dequantised(self).T + bias`` with the int8 kernel; fp32 out."""
         shape = x.shape
         with torch.autocast(x.device.type, enabled=False):
             rows = x.reshape(-1, shape[-1]).float().contiguous()
-            y = torch.ops.quantized.linear_dynamic(rows, self.packed, not has_vnni())
+            y = torch.ops.quantized.linear_dynamic(rows, self.packed, self.reduce_range)
             if bias is not None:
                 y = y + bias.float()
         return y.reshape(*shape[:-1], y.shape[-1])
