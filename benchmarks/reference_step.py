@@ -97,7 +97,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from speechbrain_petl.perf.measure import median, peak_rss_bytes, timed  # noqa: E402
+from speechbrain_petl.perf.measure import isa_text, median, peak_rss_bytes, timed  # noqa: E402
 
 #: The AST-base configuration both sides are built from (shipped here, not downloaded).
 AST_CONFIG = REPO / "speechbrain_petl" / "backbones" / "configs" / "ast-finetuned-audioset-10-10-0.4593.json"
@@ -419,7 +419,10 @@ def markdown(report):
     """The report as markdown: machine and settings, then one row per method."""
     machine, settings, ref = report["machine"], report["settings"], report["reference"]
     lines = [
-        f"Machine: {machine['cpu']}, {settings['threads']} torch threads; ours: torch {machine['torch']}, "
+        f"Machine: {machine['cpu']}"
+        + (f" ({isa_text(machine['isa'])}; matmul GFLOP/s: fp32 {machine['matmul_gflops']['fp32']:,.0f}, "
+           f"bf16 {machine['matmul_gflops']['bf16']:,.0f})" if "isa" in machine else "")
+        + f", {settings['threads']} torch threads; ours: torch {machine['torch']}, "
         f"transformers {machine['transformers']}; theirs: torch {ref['torch']}, transformers "
         f"{ref['transformers']} ({ref['python']}), reference {ref['dir']}"
         + (f" at {ref['commit'][:10]}" if ref.get("commit") else "") + ".",
@@ -549,7 +552,7 @@ def run(args):
     if missing:
         raise ValueError(f"No yaml for {missing} in {args.hparams_dir}; it has {sorted(yamls)}")
     versions = reference_versions(args.reference_python)
-    machine = bench.machine_info("cpu", "fp32")
+    machine = bench.machine_info("cpu")
     machine["transformers"] = transformers.__version__
     ast_config = json.loads(AST_CONFIG.read_text())
     report = {

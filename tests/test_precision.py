@@ -194,3 +194,20 @@ def test_inference_folder_runs_in_bf16_with_speechbrains_precision_option(tiny_a
         assert (fast.classify_batch(wavs)[0].exp() - reference).abs().max() <= PROBABILITY_TOLERANCE
     with pytest.raises(ValueError, match="backbone_dtype must be one of"):
         AudioClassifier.from_hparams(source=str(folder), savedir=str(tmp_path / "d"), backbone_dtype="fp8")
+
+
+def test_an_interface_keeps_a_bf16_lobe_as_built_and_names_what_it_cannot_undo():
+    """A lobe a run stored in bf16 (from_experiment, from_modules) is served as
+    it was trained unless asked otherwise; fp32 or int8 would need the fp32
+    weights, which it no longer has: the error says so and where to get them."""
+    lobe, head = build("ast", lambda: LoRA(rank=2), "bf16")
+    encoder = label_encoder(["a", "b", "c"])
+    interface = AudioClassifier.from_modules(lobe, head, encoder)
+    assert interface.mods.embedding_model.backbone_dtype == "bf16"
+    for dtype in ("fp32", "int8"):
+        with pytest.raises(ValueError, match=f"stored in bf16 .*; {dtype} needs them from fp32.*from_hparams"):
+            AudioClassifier.from_modules(lobe, head, encoder, backbone_dtype=dtype)
+    # An fp32 lobe still follows the interface's precision.
+    fp32, fp32_head = build("ast", lambda: LoRA(rank=2), "fp32")
+    served = AudioClassifier.from_modules(fp32, fp32_head, encoder, run_opts={"device": "cpu", "precision": "bf16"})
+    assert served.mods.embedding_model.backbone_dtype == "bf16"

@@ -6,6 +6,7 @@ import pathlib
 import re
 
 import pytest
+import torch
 
 from recipe_utils import REPO, load_recipe_module
 from speechbrain_petl.inference import AudioClassifier
@@ -19,10 +20,10 @@ SMALL = [
 ]
 
 
-def run_quickstart(output_folder):
+def run_quickstart(output_folder, *options):
     quickstart = load_recipe_module("Quickstart", "quickstart")
     yaml_file = REPO / "recipes" / "Quickstart" / "hparams" / "quickstart.yaml"
-    return quickstart, quickstart.main([str(yaml_file), f"--output_folder={output_folder}", *SMALL])
+    return quickstart, quickstart.main([str(yaml_file), f"--output_folder={output_folder}", *SMALL, *options])
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +140,86 @@ def test_readme_quotes_the_committed_results_of_a_full_run():
         defaults = load_hyperpyyaml(fin)
     assert results["settings"] == {key: defaults[key] for key in quickstart.SETTINGS}
     assert results["command"] == "python quickstart.py hparams/quickstart.yaml"
+
+
+STAGES = ["pretrain", *(f"target/target_{m}" for m in ("linear", "lora", "bottleneck", "conformer", "full"))]
+FROZEN = {f"target/target_{m}" for m in ("linear", "lora", "bottleneck", "conformer")}
+
+
+def trained_precision(stage_folder):
+    """What a stage ran in, from its own files: SpeechBrain's log line and
+    the lobe's resolved ``backbone_dtype`` in its hyperparams.yaml."""
+    log = (stage_folder / "log.txt").read_text()
+    train = re.findall(r"Using training precision: `--precision=(\w+)`", log)
+    evaluation = re.findall(r"Using evaluation precision: `--eval_precision=(\w+)`", log)
+    stored = re.findall(r"^  backbone_dtype: (\w+)$", (stage_folder / "hyperparams.yaml").read_text(), re.MULTILINE)
+    return train[-1], evaluation[-1], stored
+
+
+def check_stages_ran_in(out, precision):
+    for stage in STAGES:
+        train, evaluation, stored = trained_precision(out / stage)
+        assert (train, evaluation) == (precision, precision), stage
+        # Frozen stages store the AST in the run's precision; stages that train it keep fp32 storage.
+        assert stored == ([precision] if stage in FROZEN else []), stage
+        # Checkpoints hold fp32 tensors only, whatever the precision.
+        ckpt = torch.load(next((out / stage / "save").glob("CKPT*/backbone.ckpt")), map_location="cpu")
+        floats = [t for t in ckpt["state"].values() if t.is_floating_point()]
+        assert floats and {t.dtype for t in floats} == {torch.float32}, stage
+
+
+def test_auto_precision_is_bf16_exactly_where_the_cpu_has_native_bf16(finished, capsys):
+    from speechbrain_petl.backbones.precision import cpu_flags, training_precision
+
+    _, _, out = finished
+    results = json.loads((out / "results.json").read_text())
+    native = cpu_flags()["avx512_bf16"] or cpu_flags()["amx_bf16"]
+    assert results["settings"]["precision"] == "auto"
+    assert results["precision"] == dict(zip(("used", "why"), training_precision("auto")))
+    assert results["precision"]["used"] == ("bf16" if native else "fp32")
+    check_stages_ran_in(out, results["precision"]["used"])
+    assert f"Precision {results['precision']['used']} (" in (out / "results.md").read_text()
+
+
+def test_the_other_precision_runs_in_its_own_folder_and_a_mixed_folder_is_refused(finished, tmp_path):
+    quickstart, rows, out = finished
+    used = json.loads((out / "results.json").read_text())["precision"]["used"]
+    other = "fp32" if used == "bf16" else "bf16"
+    # Into the folder trained in the auto precision: refused before anything is written.
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with pytest.raises(ValueError, match=f"holds stages trained in {used}; this run would train in {other}"):
+        run_quickstart(out, f"--precision={other}")
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    # In a folder of its own it trains every stage in that precision.
+    _, other_rows = run_quickstart(tmp_path / other, f"--precision={other}")
+    results = json.loads((tmp_path / other / "results.json").read_text())
+    assert results["precision"] == {"used": other, "why": f"{other}: as set"}
+    check_stages_ran_in(tmp_path / other, other)
+    assert [r["method"] for r in other_rows] == [r["method"] for r in rows]
+    with pytest.raises(ValueError, match="precision must be one of"):
+        quickstart.choose_precision({"precision": "fp16"}, tmp_path)
+
+
+def test_precision_comparison_reports_both_precisions_from_the_runs_own_results(tmp_path):
+    comparison = load_recipe_module("Quickstart", "precision_comparison")
+    yaml_file = REPO / "recipes" / "Quickstart" / "hparams" / "quickstart.yaml"
+    markdown = tmp_path / "report.md"
+    argv = [str(yaml_file), "--seeds=7", "--precisions=fp32,bf16", f"--root={tmp_path / 'runs'}",
+            f"--markdown={markdown}", *SMALL]
+    runs = comparison.main(argv)
+    assert sorted(runs) == [(7, "bf16"), (7, "fp32")]
+    text = markdown.read_text()
+    for (seed, precision), results in runs.items():
+        assert results["precision"]["used"] == precision and results["settings"]["seed"] == seed
+        check_stages_ran_in(tmp_path / "runs" / precision / "7", precision)
+        over_bottleneck, over_full = comparison.margins(results)
+        assert f"| 7 | {precision} | {over_bottleneck:+.1f} | {over_full:+.1f} | {results['wall_seconds']:.1f} |" in text
+    conformer = {p: 100 * next(r["accuracy"] for r in runs[(7, p)]["rows"] if r["method"] == "Conformer adapter")
+                 for p in ("fp32", "bf16")}
+    assert f"| Conformer adapter | {conformer['fp32']:.1f} ± 0.0 | {conformer['bf16']:.1f} ± 0.0 |" in text
+    # A second call finds both runs finished with the same settings: nothing runs, the figures are the recorded ones.
+    stamps = {p: (tmp_path / "runs" / p / "7" / "results.json").stat().st_mtime_ns for p in ("fp32", "bf16")}
+    assert comparison.main(argv) == runs
+    assert {p: (tmp_path / "runs" / p / "7" / "results.json").stat().st_mtime_ns for p in ("fp32", "bf16")} == stamps
+    with pytest.raises(SystemExit):
+        comparison.main([str(yaml_file), "--precisions=fp16"])

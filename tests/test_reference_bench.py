@@ -167,3 +167,26 @@ def test_markdown_table():
     assert lines[header + 3].startswith("| lora | bf16 | AST_LoRA |") and "| 0.45 | 0.42 |" in lines[header + 3]
     assert lines[header + 4].endswith("| 15.000 | 0.020 | 14.980 | 14.000 | 1.07 | 1.07 | 2,300 | 2,300 | no |")
     assert "theirs in fp32 (their code has no other mode), ours in fp32 and bf16" in lines[1]
+    # With the bench's machine facts (what run() records), the ISA and matmul rates are named.
+    report["machine"].update(isa={"flags": {"avx512_bf16": True, "amx_bf16": False}, "capability": "AVX512"},
+                             matmul_gflops={"fp32": 214.2, "bf16": 884.4, "int8": 1935.0})
+    assert ref.markdown(report).splitlines()[0].startswith(
+        "Machine: Test CPU (avx512_bf16; torch CPU kernels: AVX512; matmul GFLOP/s: fp32 214, bf16 884), 2 torch threads;")
+
+
+def test_the_reference_worker_imports_nothing_that_needs_transformers_5():
+    """The reference's side runs this script under transformers 4.x, which the
+    lobes (``speechbrain_petl.backbones``, e.g. Whisper's fbank) cannot import:
+    the script's module-level imports must not pull them in."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, runpy; sys.argv = ['reference_step.py']; "
+        f"runpy.run_path({str(REPO / 'benchmarks' / 'reference_step.py')!r}, run_name='not_main'); "
+        "loaded = sorted(m for m in sys.modules if m == 'transformers' or m.startswith('speechbrain_petl.backbones')); "
+        "print(loaded)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -35,8 +35,6 @@ import statistics
 import sys
 import time
 
-import speechbrain as sb
-from hyperpyyaml import load_hyperpyyaml
 
 HERE = pathlib.Path(__file__).resolve().parent
 
@@ -109,17 +107,18 @@ def main(argv=None):
 
     started = time.perf_counter()
     facts = provenance("python moa_comparison.py", argv)
-    _, _, yaml_overrides = sb.parse_arguments([args.hparams, *overrides])
-    with open(args.hparams) as fin:
-        hparams = load_hyperpyyaml(fin, yaml_overrides)
+    hparams = quickstart.read_hparams([args.hparams, *overrides])
     out = pathlib.Path(hparams["output_folder"])
     out.mkdir(parents=True, exist_ok=True)
+    precision, why = quickstart.choose_precision(hparams, out)
+    print(f"Precision: {precision} ({why})")
     print("[1/3] The quickstart's synthetic tasks")
     source, target = quickstart.generate_data(hparams)
     print("[2/3] Its pre-trained small AST")
     pretrain, _ = quickstart.run_stage(
         hparams["pretrain_hparams"], out / "pretrain", f"--data_folder={source}",
         "--number_of_epochs={}".format(hparams["pretrain_epochs"]), "--seed={}".format(hparams["seed"]),
+        precision=precision,
     )  # fmt: skip
     backbone_folder = out / "pretrained_ast"
     if not (backbone_folder / "config.json").exists():
@@ -132,6 +131,7 @@ def main(argv=None):
             brain, seconds = quickstart.run_stage(
                 yaml_file, folder, f"--data_folder={target}", f"--backbone_source={backbone_folder}",
                 "--number_of_epochs={}".format(hparams["target_epochs"]), f"--seed={seed}",
+                precision=precision,
             )  # fmt: skip
             counts = summarize(dict(brain.modules))
             accuracy, n_test = test_accuracy(folder)
@@ -141,6 +141,7 @@ def main(argv=None):
             })  # fmt: skip
             print(f"      seed {seed}: {method}: {100 * accuracy:.1f}% ({n_test} clips)")
     settings = {key: hparams[key] for key in quickstart.SETTINGS}
+    settings["precision"] = precision
     settings["seeds"] = seeds
     text = markdown(rows, facts, settings, time.perf_counter() - started)
     print(text)

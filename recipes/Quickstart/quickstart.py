@@ -9,6 +9,9 @@ link to the ESC-50 recipe's (as ``esc50_prepare.py`` is): the ESC-50
 preparation, Brain, checkpoints and logs of a real recipe, on synthetic data
 written in ESC-50's layout, configured by ``hparams/``.
 
+It trains in bf16 where the CPU multiplies bf16 natively and in fp32
+elsewhere (``precision: auto``; ``--precision=fp32`` or ``bf16`` to choose).
+
 To run (about 3 minutes on 2 CPU cores):
 
     python quickstart.py hparams/quickstart.yaml
@@ -23,6 +26,7 @@ import json
 import os
 import pathlib
 import platform
+import re
 import shutil
 import sys
 import time
@@ -34,6 +38,7 @@ from hyperpyyaml import load_hyperpyyaml
 
 import synthetic_data
 
+from speechbrain_petl.backbones.precision import training_precision
 from speechbrain_petl.inference import AudioClassifier
 from speechbrain_petl.perf.measure import cpu_name, provenance
 from speechbrain_petl.studies.params import summarize
@@ -41,7 +46,7 @@ from speechbrain_petl.studies.results import test_accuracy, training_curves
 
 HERE = pathlib.Path(__file__).resolve().parent
 #: The keys of hparams/quickstart.yaml that size the run (recorded in results.json).
-SETTINGS = ("seed", "source_clips_per_class", "target_clips_per_class", "pretrain_epochs", "target_epochs")
+SETTINGS = ("seed", "source_clips_per_class", "target_clips_per_class", "pretrain_epochs", "target_epochs", "precision")
 
 
 def _load_stage_recipe():
@@ -79,8 +84,54 @@ def generate_data(hparams):
     return root / "source", root / "target"
 
 
-def run_stage(yaml_file, output_folder, *overrides):
-    """One stage (this recipe's train.py); returns (brain, training wall time in s).
+def choose_precision(hparams, output_folder):
+    """The precision every stage trains and evaluates in (``precision`` of
+    hparams/quickstart.yaml: ``auto`` picks bf16 where the CPU multiplies
+    bf16 natively, fp32 elsewhere), and why. It is recorded in
+    ``output_folder/precision.json``: a folder whose stages were trained in
+    another precision is refused rather than resumed and reported as this one.
+    """
+    precision, why = training_precision(hparams["precision"])
+    record = pathlib.Path(output_folder) / "precision.json"
+    if record.exists():
+        earlier = json.loads(record.read_text())["precision"]
+        if earlier != precision:
+            raise ValueError(
+                f"{output_folder} holds stages trained in {earlier}; this run would train in {precision} "
+                f"({why}). Pass --precision={earlier} to reuse them, or another --output_folder."
+            )
+    else:
+        record.write_text(json.dumps({"precision": precision, "why": why}) + "\n")
+    return precision, why
+
+
+def precision_overrides(yaml_file, precision):
+    """A stage's command-line options for ``precision``: SpeechBrain's
+    ``--precision`` and ``--eval_precision`` (autocast over the step and
+    the evaluation), and, where the stage's backbone is frozen (its yaml
+    has a ``backbone_dtype`` key), the lobe's ``--backbone_dtype`` (the
+    frozen matrices stored in bf16).
+
+    Example
+    -------
+    >>> precision_overrides("hparams/target_lora.yaml", "bf16")
+    ['--precision=bf16', '--eval_precision=bf16', '--backbone_dtype=bf16']
+    >>> precision_overrides("hparams/target_full.yaml", "bf16")
+    ['--precision=bf16', '--eval_precision=bf16']
+    >>> precision_overrides("hparams/target_full.yaml", "fp32")
+    []
+    """
+    if precision == "fp32":
+        return []
+    options = [f"--precision={precision}", f"--eval_precision={precision}"]
+    if re.search(r"^backbone_dtype:", (HERE / yaml_file).read_text(), re.MULTILINE):
+        options.append(f"--backbone_dtype={precision}")
+    return options
+
+
+def run_stage(yaml_file, output_folder, *overrides, precision="fp32"):
+    """One stage (this recipe's train.py) in ``precision``; returns (brain,
+    training wall time in s).
 
     The wall time of a run that trained is stored next to its outputs, so a
     rerun that only resumes and re-tests reports the original figure.
@@ -88,7 +139,8 @@ def run_stage(yaml_file, output_folder, *overrides):
     timing = pathlib.Path(output_folder) / "timing.json"
     start = time.perf_counter()
     brain = stage_recipe.main(
-        [str(HERE / yaml_file), f"--output_folder={output_folder}", *overrides]
+        [str(HERE / yaml_file), f"--output_folder={output_folder}", *overrides,
+         *precision_overrides(yaml_file, precision)]
     )
     elapsed = time.perf_counter() - start
     if not timing.exists():
@@ -124,10 +176,12 @@ def measured_markdown(results):
     task, the table, the new clip and the sizes."""
     env, settings, source = results["environment"], results["settings"], results["source_task"]
     minutes, seconds = divmod(round(results["wall_seconds"]), 60)
+    precision = results["precision"]
     return "\n".join([
         f"`{results['command']}` on {results['date']}: {env['cpu']}, {env['torch_threads']} torch threads; "
         f"Python {env['python']}, torch {env['torch']}, torchaudio {env['torchaudio']}, "
         f"transformers {env['transformers']}, speechbrain {env['speechbrain']}. "
+        f"Precision {precision['used']} ({precision['why']}). "
         f"Wall time {minutes} min {seconds:02d} s (seed {settings['seed']}, {settings['pretrain_epochs']} "
         f"pre-training and {settings['target_epochs']} target epochs, {settings['source_clips_per_class']} "
         f"source and {settings['target_clips_per_class']} target clips per class).",
@@ -212,16 +266,27 @@ def environment():
     }
 
 
+def read_hparams(argv):
+    """hparams/quickstart.yaml with the command line's overrides; SpeechBrain's
+    own ``--precision=fp32|bf16`` sets the ``precision`` key."""
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    with open(hparams_file) as fin:
+        hparams = load_hyperpyyaml(fin, overrides)
+    if "precision" in run_opts["overridden_args"]:
+        hparams["precision"] = run_opts["precision"]
+    return hparams
+
+
 def main(argv):
     """Runs every stage as ``hparams/quickstart.yaml`` (plus overrides) says."""
     started = time.perf_counter()
     facts = provenance("python quickstart.py", argv)
-    hparams_file, _, overrides = sb.parse_arguments(argv)
-    with open(hparams_file) as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
+    hparams = read_hparams(argv)
     out = pathlib.Path(hparams["output_folder"])
     out.mkdir(parents=True, exist_ok=True)
     seed = "--seed={}".format(hparams["seed"])
+    precision, why = choose_precision(hparams, out)
+    print(f"Precision: {precision} ({why})")
 
     print("[1/4] Writing the synthetic source and target tasks")
     source, target = generate_data(hparams)
@@ -233,6 +298,7 @@ def main(argv):
         f"--data_folder={source}",
         "--number_of_epochs={}".format(hparams["pretrain_epochs"]),
         seed,
+        precision=precision,
     )
     backbone_folder = out / "pretrained_ast"
     if not (backbone_folder / "config.json").exists():
@@ -252,6 +318,7 @@ def main(argv):
             f"--backbone_source={backbone_folder}",
             "--number_of_epochs={}".format(hparams["target_epochs"]),
             seed,
+            precision=precision,
         )
         counts = summarize(dict(brain.modules))
         accuracy, n_test = test_accuracy(run_folder)
@@ -286,6 +353,7 @@ def main(argv):
         "date": facts["date"],
         "environment": environment(),
         "settings": {key: hparams[key] for key in SETTINGS},
+        "precision": {"used": precision, "why": why},
         "wall_seconds": time.perf_counter() - started,
         "source_task": {
             "train_loss_first": losses[0], "train_loss_last": losses[-1], "epochs": len(losses),

@@ -89,6 +89,49 @@ def has_native_bf16():
     return flags["avx512_bf16"] or flags["amx_bf16"]
 
 
+#: The settings of :func:`training_precision`.
+PRECISION_SETTINGS = ("auto", "fp32", "bf16")
+
+
+def training_precision(setting="auto", flags=None):
+    """The precision to train in, and why: ``"auto"`` picks ``"bf16"`` where
+    the CPU multiplies bf16 natively and ``"fp32"`` elsewhere (emulated bf16
+    can be slower than fp32); ``"fp32"`` and ``"bf16"`` are taken as given.
+
+    Arguments
+    ---------
+    setting : str
+        ``"auto"``, ``"fp32"`` or ``"bf16"``.
+    flags : dict, optional
+        ``{flag: bool}`` as :func:`cpu_flags` returns (default: this CPU's).
+
+    Returns
+    -------
+    (str, str)
+        ``"fp32"`` or ``"bf16"``, and a sentence saying why.
+
+    Example
+    -------
+    >>> training_precision("auto", {"avx512_bf16": True, "amx_bf16": False})
+    ('bf16', 'auto: this CPU multiplies bf16 natively (avx512_bf16)')
+    >>> training_precision("auto", {"avx512_bf16": False, "amx_bf16": False})[0]
+    'fp32'
+    >>> training_precision("fp16")
+    Traceback (most recent call last):
+    ...
+    ValueError: precision must be one of ('auto', 'fp32', 'bf16'), got 'fp16'.
+    """
+    if setting not in PRECISION_SETTINGS:
+        raise ValueError(f"precision must be one of {PRECISION_SETTINGS}, got {setting!r}.")
+    if setting != "auto":
+        return setting, f"{setting}: as set"
+    flags = cpu_flags() if flags is None else flags
+    native = [flag for flag in ("amx_bf16", "avx512_bf16") if flags.get(flag)]
+    if native:
+        return "bf16", f"auto: this CPU multiplies bf16 natively ({', '.join(native)})"
+    return "fp32", "auto: this CPU has no native bf16 products (no avx512_bf16 or amx_bf16), so bf16 would be emulated"
+
+
 def check_backbone_dtype(value, allowed=TRAINABLE_DTYPES):
     """Raises a ValueError naming ``allowed`` unless ``value`` is one of them.
 
@@ -245,7 +288,7 @@ def quantize_linears(linears):
 
 
 __all__ = [
-    "BACKBONE_DTYPES", "ISA_FLAGS", "TRAINABLE_DTYPES", "Int8Weight", "check_backbone_dtype", "cpu_flags",
+    "BACKBONE_DTYPES", "ISA_FLAGS", "PRECISION_SETTINGS", "TRAINABLE_DTYPES", "Int8Weight", "check_backbone_dtype", "cpu_flags",
     "frozen_linears", "has_native_bf16", "has_vnni",
-    "quantize_linears", "store_linears",
+    "quantize_linears", "store_linears", "training_precision",
 ]

@@ -367,8 +367,9 @@ class AudioClassifier(EncoderClassifier):
         How the lobe's frozen linears are stored and run
         (:meth:`~speechbrain_petl.backbones.Backbone.store_frozen`):
         ``"fp32"``, ``"bf16"`` (bf16 products; what
-        ``run_opts={"precision": "bf16"}`` selects when this is not given)
-        or ``"int8"`` (CPU: int8 products, activations quantised per call;
+        ``run_opts={"precision": "bf16"}`` selects when this is not given;
+        otherwise the lobe stays as built: fp32 from an inference folder, as
+        the run stored it from :meth:`from_experiment`) or ``"int8"`` (CPU: int8 products, activations quantised per call;
         methods that override a linear's weight or bias, such as BitFit,
         need bf16 or fp32). Trained tensors and the head stay fp32. Applied
         after the trained state is loaded, to the lobe itself (a lobe given
@@ -394,12 +395,18 @@ class AudioClassifier(EncoderClassifier):
     ):
         super().__init__(modules=modules, hparams=hparams, run_opts=run_opts, freeze_params=freeze_params)
         self.long_clips = check_long_clips(long_clips)
+        lobe = self.mods.embedding_model
         if backbone_dtype is None:
-            backbone_dtype = "bf16" if self.precision == "bf16" else "fp32"
+            backbone_dtype = "bf16" if self.precision == "bf16" else lobe.backbone_dtype
         if backbone_dtype not in BACKBONE_DTYPES:
             raise ValueError(f"backbone_dtype must be one of {BACKBONE_DTYPES}, got {backbone_dtype!r}.")
-        lobe = self.mods.embedding_model
         if backbone_dtype != lobe.backbone_dtype:
+            if lobe.backbone_dtype != "fp32":
+                raise ValueError(
+                    f"The lobe's frozen weights are stored in {lobe.backbone_dtype} (a run trained with "
+                    f"backbone_dtype: {lobe.backbone_dtype}, say); {backbone_dtype} needs them from fp32. Load its "
+                    "inference folder (fp32) with from_hparams instead."
+                )
             lobe.store_frozen(backbone_dtype)
         encoder = self.hparams.label_encoder
         #: Output units no training label maps to: never the best class.

@@ -4,7 +4,7 @@ Usage::
 
     python -m speechbrain_petl.perf.bench [--methods full,lora,lora:top3] [--frames 100,500]
         [--batch-size 8] [--steps 5] [--warmup 2] [--json out.json] [--markdown out.md]
-        [--dtype fp32,bf16] [--device cuda --dtype bf16 --compile]
+        [--dtype fp32,bf16] [--device cuda --dtype bf16 --compile] [--profile]
 
 Each method's model is built from its recipe yaml (default: the Speech
 Commands AST yamls) with ``pretrained: False`` (the real architecture,
@@ -55,6 +55,15 @@ For every method and size it reports:
   the method's forward FLOPs relative to full fine-tuning (prompts and
   prefixes add tokens).
 
+``--profile`` (CPU) runs, after the timed steps, one more step of each
+measurement under ``torch.profiler`` and says where its time goes
+(:mod:`speechbrain_petl.perf.profile`): the row's ``profile`` holds the
+step's wall time split by phase (fbank, forward, backward, optimizer) and
+by kind of op (each op's self time: matrix products, attention, casts,
+LayerNorm, softmax, activations, element-wise ops, the optimizer...), its
+top ops, the time inside no op, and the rate the matrix products reach in
+their own kernels; the markdown adds a "Where the step goes" table.
+
 ``--dtype`` takes several settings, measured one after the other for each
 method (so that a drifting machine affects them alike): ``fp32``;
 ``bf16``, the step under bf16 autocast with the frozen linears stored in
@@ -82,6 +91,7 @@ import torch
 import torch.nn.functional as F
 
 from speechbrain_petl.backbones.blocks import RECOMPUTE_MODES
+from speechbrain_petl.perf import profile as step_profile
 from speechbrain_petl.perf.flops import count_step_flops
 from speechbrain_petl.perf.measure import (
     ModuleTimer,
@@ -298,6 +308,11 @@ def measure(spec):
     return row
 
 
+def _unmarked(name):
+    """No marker: a step's phases when it is not profiled."""
+    return contextlib.nullcontext()
+
+
 def _measure_training(spec, hparams, backbone, head, params, batch, autocast):
     wavs, lens, labels = batch
     device = spec["device"]
@@ -310,12 +325,15 @@ def _measure_training(spec, hparams, backbone, head, params, batch, autocast):
         with autocast:
             return F.cross_entropy(head(backbone(wavs, lens)).float(), labels)
 
-    def step():
-        """One training step."""
+    def step(phase=_unmarked):
+        """One training step; ``phase(name)`` marks its parts (a StepProfiler's when profiled)."""
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn()
-        loss.backward()
-        optimizer.step()
+        with phase("forward"):
+            loss = loss_fn()
+        with phase("backward"):
+            loss.backward()
+        with phase("optimizer"):
+            optimizer.step()
 
     with SavedTensors(exclude=[p for m in (backbone, head) for p in m.parameters()]) as saved:
         loss = loss_fn()
@@ -350,6 +368,12 @@ def _measure_training(spec, hparams, backbone, head, params, batch, autocast):
         with TensorPeak() as peak:
             step()
         tensor_peak = live + peak.bytes
+    profiled = {}
+    if spec.get("profile"):
+        # One more step under the profiler, after the timed ones (they run unmarked).
+        with step_profile.StepProfiler(features) as profiler:
+            step(profiler.phase)
+        profiled["profile"] = profiler.result
     return {
         "step_s": step_s,
         "tensor_peak_bytes": tensor_peak,
@@ -360,6 +384,7 @@ def _measure_training(spec, hparams, backbone, head, params, batch, autocast):
         "features_fraction": None if features_s is None else features_s / step_s,
         "data_s": data_s,
         "data_fraction": data_s / (data_s + step_s),
+        **profiled,
     }
 
 
@@ -453,6 +478,8 @@ def worker_spec(args, yaml, method, options, frames):
         "threads": args.threads, "device": args.device, "dtype": args.dtype,
         "compile": args.compile, "backbone_source": args.backbone_source, "seed": args.seed,
         "cache_batches": args.cache_batches,
+        # callers that build their own options (benchmarks/reference_step.py) have no --profile
+        "profile": getattr(args, "profile", False),
     }
 
 
@@ -592,6 +619,8 @@ def markdown(report):
             lines += _table_rows(report, frames, dtype)
         if "fp32" in dtypes and len(dtypes) > 1:
             lines += ["", *_side_by_side(report, frames, dtypes)]
+    if any(row.get("profile") for row in report["rows"]):
+        lines += ["", *step_profile.markdown_lines(report["rows"])]
     for row in report.get("embedding_cache", []):
         lines += ["", (
             f"Linear probing with the embedding cache, {row['frames']} frames, {row['batches']} batches "
@@ -698,6 +727,9 @@ def parse_args(argv=None):
     parser.add_argument("--embedding-cache", action="store_true",
                         help="also time linear probing's epochs with the embedding cache (first vs later)")
     parser.add_argument("--cache-batches", type=int, default=4, help="batches per epoch for --embedding-cache")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile one more step of each measurement (torch.profiler, CPU) and say "
+                             "where its time goes, by phase and by kind of op")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="write the rows here")
     parser.add_argument("--markdown", default=None, help="write the tables here")
@@ -720,6 +752,9 @@ def _check_args(args, parser):
     unknown = [d for d in args.dtype if d not in DTYPES]
     if unknown or not args.dtype or len(set(args.dtype)) != len(args.dtype):
         parser.error(f"--dtype takes distinct comma-separated settings of {sorted(DTYPES)}, got {','.join(args.dtype)!r}")
+    if args.profile and not args.device.startswith("cpu"):
+        parser.error("--profile attributes CPU time (torch.profiler's CPU activity); on CUDA an op's CPU "
+                     "time is its launch, not its work: use --device cpu.")
     if args.compile and not args.device.startswith("cuda"):
         parser.error("--compile is for --device cuda (on CPU it would time compilation, not PETL).")
     for name in ("batch_size", "steps", "threads", "inference_repeats", "cache_batches"):
@@ -770,8 +805,14 @@ def run(args):
                 print(f"[bench] {row['method']} @ {frames} frames, {dtype}: step {row.get('step_s') or 0:.3f} s",
                       file=sys.stderr, flush=True)
                 report["rows"].append(row)
-    add_ratios(report["rows"], {name: rate * 1e9 for name, rate in report["machine"]["matmul_gflops"].items()})
+    rates = {name: rate * 1e9 for name, rate in report["machine"]["matmul_gflops"].items()}
+    add_ratios(report["rows"], rates)
     add_dtype_ratios(report["rows"])
+    if args.profile:
+        report["settings"]["profile"] = True
+        for row in report["rows"]:
+            if row.get("profile"):
+                step_profile.add_kernel_rate(row["profile"], row.get("flops_step"), rates[rate_dtype(row["dtype"])])
     if args.embedding_cache:
         if "linear" not in yamls:
             raise ValueError(f"--embedding-cache needs a linear probing yaml in {args.hparams_dir}")
