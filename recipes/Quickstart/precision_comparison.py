@@ -26,23 +26,16 @@ Authors
 """
 
 import argparse
-import importlib.util
 import json
 import pathlib
 import statistics
 import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
 
-
-def _quickstart():
-    """This folder's ``quickstart.py`` (by path, with the folder on ``sys.path``)."""
-    if str(HERE) not in sys.path:
-        sys.path.insert(0, str(HERE))
-    spec = importlib.util.spec_from_file_location("quickstart_driver", HERE / "quickstart.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+import quickstart  # noqa: E402  (this folder's: its runs, settings and precision choice)
 
 
 def mean_std(values):
@@ -140,7 +133,6 @@ def main(argv=None):
     if any(o.startswith(("--precision=", "--seed=", "--output_folder=")) for o in overrides):
         parser.error("--seed, --precision and --output_folder are set per run: use --seeds, --precisions and --root")
 
-    quickstart = _quickstart()
     from speechbrain_petl.backbones.precision import cpu_flags
     from speechbrain_petl.perf.measure import provenance
 
