@@ -82,11 +82,23 @@ def has_vnni():
     return flags["avx512_vnni"] or flags["avx_vnni"] or flags["amx_int8"]
 
 
+def native_bf16_flags(flags=None):
+    """The flags by which a CPU multiplies bf16 natively (``amx_bf16``,
+    ``avx512_bf16``) among ``flags`` (default: this CPU's, :func:`cpu_flags`).
+
+    Example
+    -------
+    >>> native_bf16_flags({"amx_bf16": False, "avx512_bf16": True, "avx512_vnni": True})
+    ['avx512_bf16']
+    """
+    flags = cpu_flags() if flags is None else flags
+    return [flag for flag in ("amx_bf16", "avx512_bf16") if flags.get(flag)]
+
+
 def has_native_bf16():
     """Whether the CPU multiplies bf16 natively (AVX512-BF16 or AMX-BF16);
     without it bf16 products are emulated and can be slower than fp32."""
-    flags = cpu_flags()
-    return flags["avx512_bf16"] or flags["amx_bf16"]
+    return bool(native_bf16_flags())
 
 
 #: The settings of :func:`training_precision`.
@@ -125,8 +137,7 @@ def training_precision(setting="auto", flags=None):
         raise ValueError(f"precision must be one of {PRECISION_SETTINGS}, got {setting!r}.")
     if setting != "auto":
         return setting, f"{setting}: as set"
-    flags = cpu_flags() if flags is None else flags
-    native = [flag for flag in ("amx_bf16", "avx512_bf16") if flags.get(flag)]
+    native = native_bf16_flags(flags)
     if native:
         return "bf16", f"auto: this CPU multiplies bf16 natively ({', '.join(native)})"
     return "fp32", "auto: this CPU has no native bf16 products (no avx512_bf16 or amx_bf16), so bf16 would be emulated"
@@ -289,6 +300,6 @@ def quantize_linears(linears):
 
 __all__ = [
     "BACKBONE_DTYPES", "ISA_FLAGS", "PRECISION_SETTINGS", "TRAINABLE_DTYPES", "Int8Weight", "check_backbone_dtype", "cpu_flags",
-    "frozen_linears", "has_native_bf16", "has_vnni",
+    "frozen_linears", "has_native_bf16", "has_vnni", "native_bf16_flags",
     "quantize_linears", "store_linears", "training_precision",
 ]
