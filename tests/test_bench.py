@@ -156,7 +156,9 @@ def test_method_options_parse_and_label_back():
     for spec in ("lora", "lora:top3", "conformer:recompute=blocks", "lora:top6:recompute=ffn"):
         name, options = bench.parse_method(spec)
         assert bench.method_label(name, options) == spec
-    assert bench.parse_method("lora:recompute=ffn:top2") == ("lora", {"top": 2, "recompute": "ffn"})
+    assert bench.parse_method("lora:recompute=ffn:top2") == ("lora", {"top": 2, "recompute": "ffn", "attention": None})
+    assert bench.parse_method("lora:attention=fp32") == ("lora", {"top": None, "recompute": None, "attention": "fp32"})
+    assert bench.method_label(*bench.parse_method("lora:top2:attention=fp32")) == "lora:top2:attention=fp32"
 
 
 def test_unknown_method_and_bad_options_are_named():
@@ -164,6 +166,8 @@ def test_unknown_method_and_bad_options_are_named():
         bench.parse_method("lora:first3")
     with pytest.raises(ValueError, match=r"recompute=MODE.*\['ffn', 'blocks'\]"):
         bench.parse_method("lora:recompute=attention")
+    with pytest.raises(ValueError, match=r"attention=DTYPE.*\['fp32'\]"):
+        bench.parse_method("lora:attention=bf16")
     args = bench.parse_args(["--methods", "dora", "--frames", "64", "--no-isolate"])
     with pytest.raises(ValueError, match="dora"):
         bench.run(args)

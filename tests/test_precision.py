@@ -211,3 +211,40 @@ def test_an_interface_keeps_a_bf16_lobe_as_built_and_names_what_it_cannot_undo()
     fp32, fp32_head = build("ast", lambda: LoRA(rank=2), "fp32")
     served = AudioClassifier.from_modules(fp32, fp32_head, encoder, run_opts={"device": "cpu", "precision": "bf16"})
     assert served.mods.embedding_model.backbone_dtype == "bf16"
+
+
+@pytest.mark.parametrize("kind", sorted(LOBES))
+def test_attention_in_fp32_under_bf16_runs_fp32_products_and_trains_like_fp32(kind, monkeypatch):
+    """``attention_dtype: fp32`` (what a CPU whose bf16 attention kernel is slow
+    wants): attention gets fp32 q, k and v while the projections stay bf16;
+    loss and gradients match fp32 within the bf16 tolerances."""
+    import speechbrain_petl.backbones.blocks as blocks
+
+    seen = []
+    sdpa = blocks.F.scaled_dot_product_attention
+
+    def recording(q, k, v, **kwargs):
+        seen.append((q.dtype, k.dtype, v.dtype, torch.is_autocast_enabled(q.device.type)))
+        return sdpa(q, k, v, **kwargs)
+
+    monkeypatch.setattr(blocks.F, "scaled_dot_product_attention", recording)
+    lobe, head = build(kind, lambda: LoRA(rank=2), "bf16")
+    loss_and_gradients(lobe, head)
+    assert seen and {s[:3] for s in seen} == {(torch.bfloat16,) * 3}
+    seen.clear()
+    lobe.attention_dtype = "fp32"
+    for param in [*lobe.parameters(), *head.parameters()]:
+        param.grad = None
+    loss, grads = loss_and_gradients(lobe, head)
+    assert seen and set(seen) == {(torch.float32, torch.float32, torch.float32, False)}
+    reference, reference_head = build(kind, lambda: LoRA(rank=2), "fp32")
+    expected_loss, expected_grads = loss_and_gradients(reference, reference_head)
+    assert abs(loss - expected_loss) <= LOSS_TOLERANCE * abs(expected_loss)
+    assert (grads - expected_grads).norm() <= GRADIENT_TOLERANCE * expected_grads.norm()
+    # The setting is the lobe's: back to None, attention follows the blocks' dtype again.
+    lobe.attention_dtype = None
+    seen.clear()
+    loss_and_gradients(lobe, head)
+    assert {s[:3] for s in seen} == {(torch.bfloat16,) * 3}
+    with pytest.raises(ValueError, match=r"attention_dtype must be None or one of \['fp32'\], got 'bf16'"):
+        lobe.attention_dtype = "bf16"

@@ -63,6 +63,9 @@ class AST(Backbone):
     backbone_dtype : str
         ``"fp32"`` or ``"bf16"``: how the frozen linears of the blocks are
         stored (:meth:`Backbone.store_frozen`).
+    attention_dtype : str, optional
+        None or ``"fp32"``: what attention runs in
+        (:attr:`Backbone.attention_dtype`).
 
     Example
     -------
@@ -92,8 +95,10 @@ class AST(Backbone):
         recompute=None,
         max_samples=None,
         backbone_dtype="fp32",
+        attention_dtype=None,
     ):
-        super().__init__(pooling=pooling, recompute=recompute, max_samples=max_samples, backbone_dtype=backbone_dtype)
+        super().__init__(pooling=pooling, recompute=recompute, max_samples=max_samples, backbone_dtype=backbone_dtype,
+                         attention_dtype=attention_dtype)
         if init_positions not in (None, "sincos"):
             raise ValueError(f"init_positions must be None or 'sincos', got {init_positions!r}")
         if init_positions and pretrained:

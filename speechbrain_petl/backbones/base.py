@@ -43,7 +43,7 @@ import os
 import torch
 from torch import nn
 
-from speechbrain_petl.backbones.blocks import RECOMPUTE_MODES, FeedForward, run_block
+from speechbrain_petl.backbones.blocks import RECOMPUTE_MODES, FeedForward, SelfAttention, run_block
 from speechbrain_petl.backbones.features import relative_to_absolute
 from speechbrain_petl.backbones.fingerprint import TensorHashCache
 from speechbrain_petl.backbones.lifecycle import MethodDict, MethodHost, as_named_methods
@@ -99,9 +99,13 @@ class Backbone(MethodHost, TrainedState, nn.Module, abc.ABC):
         fine-tuning) stay fp32. Not part of :meth:`constructor_args`: a
         checkpoint or inference folder of a bf16-stored lobe is that of an
         fp32 one (fp32 tensors only, same fingerprint).
+    attention_dtype : str, optional
+        What the attention products and softmax run in (see
+        :attr:`attention_dtype`): None (default: the blocks' compute dtype)
+        or ``"fp32"``.
     """
 
-    def __init__(self, pooling="mean", recompute=None, max_samples=None, backbone_dtype="fp32"):
+    def __init__(self, pooling="mean", recompute=None, max_samples=None, backbone_dtype="fp32", attention_dtype=None):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
@@ -116,6 +120,8 @@ class Backbone(MethodHost, TrainedState, nn.Module, abc.ABC):
         self.petl = MethodDict()
         self._inactive = set()
         self._hash_cache = TensorHashCache()
+        _check_attention_dtype(attention_dtype)
+        self._attention_dtype = attention_dtype
         self._backbone_dtype_setting = check_backbone_dtype(backbone_dtype)
         self._backbone_dtype = "fp32"
         #: ``{sha256 of the frozen tensors as stored: sha256 of them in fp32}``
@@ -140,6 +146,7 @@ class Backbone(MethodHost, TrainedState, nn.Module, abc.ABC):
         for param in self.parameters():
             param.requires_grad_(False)
         self.recompute = self._recompute
+        self.attention_dtype = self._attention_dtype
         self._forget_sites()  # the blocks exist now: list their sites on first use
         for name, method in as_named_methods(petl):
             self.attach(method, name)
@@ -265,6 +272,37 @@ class Backbone(MethodHost, TrainedState, nn.Module, abc.ABC):
                 raise TypeError(f"Block {index} of {type(self).__name__} has no FeedForward 'mlp' to recompute.")
             block.mlp.recompute = mode == "ffn"
         self._recompute = mode
+
+    @property
+    def attention_dtype(self):
+        """What the blocks' attention products and softmax run in: None (the
+        blocks' compute dtype: bf16 under bf16 autocast or with
+        ``backbone_dtype: bf16``) or ``"fp32"`` (q, k and v are cast to fp32
+        and attention runs with autocast off; the projections around it keep
+        their dtype). Where a CPU's fused bf16 attention kernel is slower
+        than its fp32 one (short sequences without AMX, see
+        docs/performance.md), ``"fp32"`` makes a bf16 step faster; autograd
+        then keeps q, k, v and the output in fp32 (twice their bf16 bytes).
+
+        Example
+        -------
+        >>> from speechbrain_petl.backbones import AST, tiny_config
+        >>> ast = AST(tiny_config("ast"), pretrained=False, max_frames=64, attention_dtype="fp32")
+        >>> ast.attention_dtype, {str(m.attention_dtype) for m in ast.modules() if hasattr(m, "attention_dtype") and m is not ast}
+        ('fp32', {'torch.float32'})
+        """
+        return self._attention_dtype
+
+    @attention_dtype.setter
+    def attention_dtype(self, dtype):
+        """Sets it on every block's attention (a ValueError names the valid values)."""
+        _check_attention_dtype(dtype)
+        attentions = [m for m in self.layers.modules() if isinstance(m, SelfAttention)]
+        if not attentions:
+            raise TypeError(f"{type(self).__name__} has no SelfAttention in its blocks.")
+        for attention in attentions:
+            attention.attention_dtype = None if dtype is None else ATTENTION_DTYPES[dtype]
+        self._attention_dtype = dtype
 
     def _load_transformers_model(self, model_class, config_class, source, pretrained):
         """Loads ``source`` (:func:`~speechbrain_petl.backbones.loading.load_model`),
@@ -499,6 +537,15 @@ def crop_batch(wavs, wav_lens, max_samples):
 def _check_recompute(mode):
     if mode not in RECOMPUTE_MODES:
         raise ValueError(f"recompute must be one of {RECOMPUTE_MODES}, got {mode!r}")
+
+
+#: The settings of :attr:`Backbone.attention_dtype` (None: the blocks' own).
+ATTENTION_DTYPES = {"fp32": torch.float32}
+
+
+def _check_attention_dtype(dtype):
+    if dtype is not None and dtype not in ATTENTION_DTYPES:
+        raise ValueError(f"attention_dtype must be None or one of {sorted(ATTENTION_DTYPES)}, got {dtype!r}")
 
 
 def _keep_frozen_in_eval(module):

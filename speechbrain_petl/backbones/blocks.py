@@ -35,6 +35,8 @@ activation run again in the backward pass), ``"blocks"`` keeps each block's
 input only (the block runs again). Outputs and gradients are unchanged.
 """
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -91,6 +93,10 @@ class SelfAttention(nn.Module):
         self.keys_values = KeyValueSite()
         self.output = LinearSite(output)
         self.position_bias = position_bias
+        #: The dtype the attention products and softmax run in when it differs
+        #: from the projections' (None: theirs, e.g. bf16 under autocast);
+        #: set by the lobe's ``attention_dtype``.
+        self.attention_dtype = None
 
     def _heads(self, x):
         batch, time, width = x.shape
@@ -104,13 +110,19 @@ class SelfAttention(nn.Module):
         if self.position_bias is not None:
             bias = self.position_bias(x, k.shape[1]).to(q.dtype)
             attn_mask = bias if attn_mask is None else bias.masked_fill(~attn_mask, float("-inf"))
-        out = F.scaled_dot_product_attention(
-            self._heads(q),
-            self._heads(k),
-            self._heads(v),
-            attn_mask=attn_mask,
-            dropout_p=self.dropout if self.training else 0.0,
-        )
+        dtype = self.attention_dtype
+        if dtype is not None and q.dtype != dtype:
+            q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+            if attn_mask is not None and attn_mask.is_floating_point():
+                attn_mask = attn_mask.to(dtype)
+        with torch.autocast(q.device.type, enabled=False) if dtype is not None else contextlib.nullcontext():
+            out = F.scaled_dot_product_attention(
+                self._heads(q),
+                self._heads(k),
+                self._heads(v),
+                attn_mask=attn_mask,
+                dropout_p=self.dropout if self.training else 0.0,
+            )
         out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
         return self.output(out)
 

@@ -20,7 +20,7 @@ class HuBERT(WaveformEncoder):
     ---------
     source : str or transformers.HubertConfig
         As :class:`~speechbrain_petl.backbones.waveform.WaveformEncoder`
-        (so are ``pretrained``, ``pooling``, ``petl``, ``recompute``, ``max_samples`` and ``backbone_dtype``).
+        (so are ``pretrained``, ``pooling``, ``petl``, ``recompute``, ``max_samples``, ``backbone_dtype`` and ``attention_dtype``).
     normalize_waveform : bool
         Per-utterance zero mean, unit variance. Off by default:
         ``hubert-base-ls960`` was pre-trained on raw waveforms (fairseq's
@@ -38,5 +38,7 @@ class HuBERT(WaveformEncoder):
     config_class = HubertConfig
 
     def __init__(self, source=DEFAULT_HUBERT, pretrained=True, pooling="mean", petl=None, normalize_waveform=False,
-                 recompute=None, max_samples=None, backbone_dtype="fp32"):
-        super().__init__(source, pretrained, pooling, petl, normalize_waveform, recompute, max_samples, backbone_dtype)
+                 recompute=None, max_samples=None, backbone_dtype="fp32",
+                 attention_dtype=None):
+        super().__init__(source, pretrained, pooling, petl, normalize_waveform, recompute, max_samples, backbone_dtype,
+                         attention_dtype)

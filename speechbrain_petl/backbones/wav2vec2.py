@@ -26,7 +26,7 @@ class Wav2Vec2(WaveformEncoder):
     ---------
     source : str or transformers.Wav2Vec2Config
         As :class:`~speechbrain_petl.backbones.waveform.WaveformEncoder`
-        (so are ``pretrained``, ``pooling``, ``petl``, ``recompute``, ``max_samples`` and ``backbone_dtype``).
+        (so are ``pretrained``, ``pooling``, ``petl``, ``recompute``, ``max_samples``, ``backbone_dtype`` and ``attention_dtype``).
     normalize_waveform : bool
         Zero-mean, unit-variance per utterance over its real samples, as
         Wav2Vec2FeatureExtractor does for the base-960h checkpoint.
@@ -52,8 +52,10 @@ class Wav2Vec2(WaveformEncoder):
         recompute=None,
         max_samples=None,
         backbone_dtype="fp32",
+        attention_dtype=None,
     ):
-        super().__init__(source, pretrained, pooling, petl, normalize_waveform, recompute, max_samples, backbone_dtype)
+        super().__init__(source, pretrained, pooling, petl, normalize_waveform, recompute, max_samples, backbone_dtype,
+                         attention_dtype)
 
 
 __all__ = ["Wav2Vec2", "DEFAULT_WAV2VEC2", "check_same_shape", "normalize"]

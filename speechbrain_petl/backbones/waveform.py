@@ -48,6 +48,9 @@ class WaveformEncoder(Backbone):
     backbone_dtype : str
         ``"fp32"`` or ``"bf16"``: how the frozen linears of the blocks are
         stored (:meth:`Backbone.store_frozen`).
+    attention_dtype : str, optional
+        None or ``"fp32"``: what attention runs in
+        (:attr:`Backbone.attention_dtype`).
     """
 
     model_class = None
@@ -55,8 +58,10 @@ class WaveformEncoder(Backbone):
     always_frozen = ("feature_encoder",)
 
     def __init__(self, source, pretrained=True, pooling="mean", petl=None, normalize_waveform=True,
-                 recompute=None, max_samples=None, backbone_dtype="fp32"):
-        super().__init__(pooling=pooling, recompute=recompute, max_samples=max_samples, backbone_dtype=backbone_dtype)
+                 recompute=None, max_samples=None, backbone_dtype="fp32",
+                 attention_dtype=None):
+        super().__init__(pooling=pooling, recompute=recompute, max_samples=max_samples, backbone_dtype=backbone_dtype,
+                         attention_dtype=attention_dtype)
         model = self._load_transformers_model(self.model_class, self.config_class, source, pretrained)
         config = model.config
         self.hidden_size = config.hidden_size

@@ -37,7 +37,7 @@ class WavLM(WaveformEncoder):
     ---------
     source : str or transformers.WavLMConfig
         As :class:`~speechbrain_petl.backbones.waveform.WaveformEncoder`
-        (so are ``pretrained``, ``pooling``, ``petl``, ``recompute``, ``max_samples`` and ``backbone_dtype``).
+        (so are ``pretrained``, ``pooling``, ``petl``, ``recompute``, ``max_samples``, ``backbone_dtype`` and ``attention_dtype``).
     normalize_waveform : bool
         Per-utterance zero mean, unit variance. Off by default, as
         ``wavlm-base-plus``'s feature extractor (``do_normalize: false``).
@@ -54,8 +54,10 @@ class WavLM(WaveformEncoder):
     config_class = WavLMConfig
 
     def __init__(self, source=DEFAULT_WAVLM, pretrained=True, pooling="mean", petl=None, normalize_waveform=False,
-                 recompute=None, max_samples=None, backbone_dtype="fp32"):
-        super().__init__(source, pretrained, pooling, petl, normalize_waveform, recompute, max_samples, backbone_dtype)
+                 recompute=None, max_samples=None, backbone_dtype="fp32",
+                 attention_dtype=None):
+        super().__init__(source, pretrained, pooling, petl, normalize_waveform, recompute, max_samples, backbone_dtype,
+                         attention_dtype)
 
     def _attention_bias(self, index, hf_layer):
         """Block ``index``'s gate over the shared relative-position bias."""

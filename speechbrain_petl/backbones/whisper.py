@@ -44,7 +44,7 @@ class WhisperEncoder(Backbone):
     source : str or transformers.WhisperConfig
         Hub id, ``save_pretrained`` folder of a ``WhisperModel`` (or
         ``WhisperForConditionalGeneration``), or (pretrained=False) a config.
-    pretrained, pooling, petl, recompute, max_samples, backbone_dtype
+    pretrained, pooling, petl, recompute, max_samples, backbone_dtype, attention_dtype
         As for :class:`~speechbrain_petl.backbones.waveform.WaveformEncoder`
         (``pooling: "mean"`` averages the real output tokens; the 30 s
         window crops anyway, so ``max_samples`` only matters when shorter).
@@ -63,8 +63,10 @@ class WhisperEncoder(Backbone):
     always_frozen = ("pos_embed",)
 
     def __init__(self, source=DEFAULT_WHISPER, pretrained=True, pooling="mean", petl=None, crop_positions=True,
-                 recompute=None, max_samples=None, backbone_dtype="fp32"):
-        super().__init__(pooling=pooling, recompute=recompute, max_samples=max_samples, backbone_dtype=backbone_dtype)
+                 recompute=None, max_samples=None, backbone_dtype="fp32",
+                 attention_dtype=None):
+        super().__init__(pooling=pooling, recompute=recompute, max_samples=max_samples, backbone_dtype=backbone_dtype,
+                         attention_dtype=attention_dtype)
         model = self._load_transformers_model(WhisperModel, WhisperConfig, source, pretrained)
         config = model.config
         encoder = model.encoder

@@ -13,7 +13,8 @@ random weights, offline) and ``max_frames`` set to each requested size
 method sees the same random batch and the same initial weights (the yamls
 seed before building). ``lora:top3`` restricts a yaml's method to its top
 3 blocks; ``lora:recompute=ffn`` sets the lobe's ``recompute`` (see
-``Backbone.recompute``); ``plain`` (always measured unless ``--no-plain``) is the frozen
+``Backbone.recompute``) and ``lora:attention=fp32`` its ``attention_dtype``
+(see ``Backbone.attention_dtype``); ``plain`` (always measured unless ``--no-plain``) is the frozen
 backbone without any method, for inference.
 
 For every method and size it reports:
@@ -90,6 +91,7 @@ import tempfile
 import torch
 import torch.nn.functional as F
 
+from speechbrain_petl.backbones.base import ATTENTION_DTYPES
 from speechbrain_petl.backbones.blocks import RECOMPUTE_MODES
 from speechbrain_petl.perf import profile as step_profile
 from speechbrain_petl.perf.flops import count_step_flops
@@ -122,7 +124,7 @@ PAPER_METHODS = [
 ]
 PLAIN = "plain"
 #: A method's options when none are given (see :func:`parse_method`).
-NO_OPTIONS = {"top": None, "recompute": None}
+NO_OPTIONS = {"top": None, "recompute": None, "attention": None}
 PLACEHOLDER = re.compile(r"^([A-Za-z_]\w*):\s*!PLACEHOLDER", re.MULTILINE)
 #: ``--dtype`` settings: (autocast dtype or None, how the frozen linears are stored).
 DTYPES = {"fp32": (None, "fp32"), "bf16": (torch.bfloat16, "bf16"), "bf16-autocast": (torch.bfloat16, "fp32")}
@@ -159,27 +161,34 @@ def recipe_yamls(folder):
 
 
 def parse_method(spec):
-    """A method and its options: ``"lora:top3:recompute=ffn"`` ->
-    ``("lora", {"top": 3, "recompute": "ffn"})`` (each option may be left out).
+    """A method and its options: ``"lora:top3:recompute=ffn:attention=fp32"`` ->
+    ``("lora", {"top": 3, "recompute": "ffn", "attention": "fp32"})`` (each
+    option may be left out; ``attention`` sets the lobe's ``attention_dtype``).
 
     Example
     -------
     >>> parse_method("conformer:top6"), parse_method("full:recompute=blocks")
-    (('conformer', {'top': 6, 'recompute': None}), ('full', {'top': None, 'recompute': 'blocks'}))
+    (('conformer', {'top': 6, 'recompute': None, 'attention': None}), ('full', {'top': None, 'recompute': 'blocks', 'attention': None}))
+    >>> parse_method("lora:attention=fp32")[1]["attention"]
+    'fp32'
     """
     name, *options = spec.split(":")
     parsed = dict(NO_OPTIONS)
     for option in options:
         top = re.fullmatch(r"top(\d+)", option)
         recompute = re.fullmatch(r"recompute=(\w+)", option)
+        attention = re.fullmatch(r"attention=(\w+)", option)
         if top and int(top.group(1)) >= 1:
             parsed["top"] = int(top.group(1))
         elif recompute and recompute.group(1) in RECOMPUTE_MODES:
             parsed["recompute"] = recompute.group(1)
+        elif attention and attention.group(1) in ATTENTION_DTYPES:
+            parsed["attention"] = attention.group(1)
         else:
             raise ValueError(
-                f"Method {spec!r}: options are ':topK' (K >= 1 blocks) and ':recompute=MODE' "
-                f"(MODE in {[m for m in RECOMPUTE_MODES if m]}), e.g. 'lora:top3:recompute=ffn'."
+                f"Method {spec!r}: options are ':topK' (K >= 1 blocks), ':recompute=MODE' "
+                f"(MODE in {[m for m in RECOMPUTE_MODES if m]}) and ':attention=DTYPE' (DTYPE in "
+                f"{sorted(ATTENTION_DTYPES)}), e.g. 'lora:top3:recompute=ffn'."
             )
     return name, parsed
 
@@ -267,6 +276,7 @@ def measure(spec):
     if spec["top"]:
         restrict_to_top(backbone, spec["top"])
     backbone.recompute = spec["recompute"]
+    backbone.attention_dtype = spec.get("attention")
     plain = spec["method"] == PLAIN
     if plain:
         backbone.set_active([])
@@ -466,6 +476,8 @@ def method_label(name, options):
         label += f":top{options['top']}"
     if options.get("recompute"):
         label += f":recompute={options['recompute']}"
+    if options.get("attention"):
+        label += f":attention={options['attention']}"
     return label
 
 
@@ -473,6 +485,7 @@ def worker_spec(args, yaml, method, options, frames):
     """The JSON-able settings one measurement needs (see :func:`measure`)."""
     return {
         "yaml": yaml, "method": method, "top": options["top"], "recompute": options["recompute"],
+        "attention": options.get("attention"),
         "frames": frames, "batch": args.batch_size,
         "steps": args.steps, "warmup": args.warmup, "inference_repeats": args.inference_repeats,
         "threads": args.threads, "device": args.device, "dtype": args.dtype,
@@ -706,7 +719,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m speechbrain_petl.perf.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--methods", default=",".join(PAPER_METHODS),
                         help="comma-separated yaml names, each optionally with ':topK' and "
-                             "':recompute=ffn|blocks' (default: the paper's 11)")
+                             "':recompute=ffn|blocks' and ':attention=fp32' (default: the paper's 11)")
     parser.add_argument("--frames", default="100,500", help="comma-separated max_frames (GSC 100, ESC-50 500)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=5, help="timed training steps")
