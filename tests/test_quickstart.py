@@ -223,3 +223,17 @@ def test_precision_comparison_reports_both_precisions_from_the_runs_own_results(
     assert {p: (tmp_path / "runs" / p / "7" / "results.json").stat().st_mtime_ns for p in ("fp32", "bf16")} == stamps
     with pytest.raises(SystemExit):
         comparison.main([str(yaml_file), "--precisions=fp16"])
+
+
+def test_moa_comparison_runs_each_pair_per_seed_in_the_quickstarts_precision(tmp_path):
+    comparison = load_recipe_module("Quickstart", "moa_comparison")
+    yaml_file = REPO / "recipes" / "Quickstart" / "hparams" / "quickstart.yaml"
+    markdown = tmp_path / "moa.md"
+    rows = comparison.main([str(yaml_file), "--seeds=3", f"--output_folder={tmp_path / 'run'}", "--precision=fp32",
+                            f"--markdown={markdown}", *SMALL])
+    assert [(row["seed"], row["yaml"]) for row in rows] == [(3, yaml) for _, _, yaml in comparison.RUNS]
+    assert json.loads((tmp_path / "run" / "precision.json").read_text())["precision"] == "fp32"
+    text = markdown.read_text()
+    assert "precision fp32, seeds [3]" in text
+    for row in rows:
+        assert f"| {row['method']} | {row['trainable']:,} | {100 * row['accuracy']:.1f} ± 0.0 | 1 |" in text

@@ -27,8 +27,6 @@ Authors
  * speechbrain-petl contributors 2026
 """
 
-import argparse
-import importlib.util
 import json
 import pathlib
 import statistics
@@ -37,6 +35,10 @@ import time
 
 
 HERE = pathlib.Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import quickstart  # noqa: E402  (this folder's: its data, pre-training and stage runner)
 
 #: (pair, method, yaml), in the order of the report.
 RUNS = [
@@ -45,16 +47,6 @@ RUNS = [
     ("Bottleneck experts", "Soft-MoA (4 bottleneck experts r=12, 1 slot)", "hparams/target_soft_moa.yaml"),
     ("Bottleneck experts", "One bottleneck adapter (r=52)", "hparams/target_bottleneck.yaml"),
 ]
-
-
-def _quickstart():
-    """This folder's ``quickstart.py`` (its data, pre-training and stage runner)."""
-    if str(HERE) not in sys.path:
-        sys.path.insert(0, str(HERE))
-    spec = importlib.util.spec_from_file_location("quickstart_driver", HERE / "quickstart.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def summary(rows):
@@ -92,15 +84,9 @@ def markdown(rows, facts, settings, seconds):
 def main(argv=None):
     """Entry point."""
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("hparams", help="hparams/quickstart.yaml")
-    parser.add_argument("--seeds", default="1986,1987,1988", help="seeds of the target runs (comma-separated)")
-    parser.add_argument("--markdown", help="also write the report here")
-    parser.add_argument("--json", help="also write every run's numbers here")
-    args, overrides = parser.parse_known_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    args, overrides = quickstart.seeds_parser(__doc__.splitlines()[0]).parse_known_args(argv)
+    seeds = args.seeds
 
-    quickstart = _quickstart()
     from speechbrain_petl.perf.measure import provenance
     from speechbrain_petl.studies.params import summarize
     from speechbrain_petl.studies.results import test_accuracy

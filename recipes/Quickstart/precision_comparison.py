@@ -25,7 +25,6 @@ Authors
  * speechbrain-petl contributors 2026
 """
 
-import argparse
 import json
 import pathlib
 import statistics
@@ -117,15 +116,11 @@ def markdown(runs, precisions, seeds, facts, machine):
 def main(argv=None):
     """Entry point; returns ``{(seed, precision): results.json of the run}``."""
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("hparams", help="hparams/quickstart.yaml")
-    parser.add_argument("--seeds", default="1986,1987,1988", help="comma-separated seeds")
+    parser = quickstart.seeds_parser(__doc__.splitlines()[0])
     parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16")
     parser.add_argument("--root", default="results/precision_comparison", help="where the runs go")
-    parser.add_argument("--markdown", help="also write the report here")
-    parser.add_argument("--json", help="also write every run's results.json here")
     args, overrides = parser.parse_known_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",") if s]
+    seeds = args.seeds
     precisions = [p for p in args.precisions.split(",") if p]
     bad = [p for p in precisions if p not in ("fp32", "bf16")]
     if bad or not precisions or not seeds:

@@ -20,6 +20,7 @@ Authors
  * speechbrain-petl contributors 2026
 """
 
+import argparse
 import csv
 import importlib.util
 import json
@@ -264,6 +265,27 @@ def environment():
         "transformers": transformers.__version__,
         "speechbrain": sb.__version__,
     }
+
+
+def seeds_parser(description):
+    """The command line of the scripts that rerun the quickstart over seeds
+    (``moa_comparison.py``, ``precision_comparison.py``): the yaml,
+    ``--seeds`` (a list of ints), ``--markdown`` and ``--json``; options it
+    does not know are the quickstart's (``parse_known_args``).
+
+    Example
+    -------
+    >>> args, rest = seeds_parser("demo").parse_known_args(["hparams/quickstart.yaml", "--seeds=1,2", "--target_epochs=6"])
+    >>> args.seeds, rest
+    ([1, 2], ['--target_epochs=6'])
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("hparams", help="hparams/quickstart.yaml")
+    parser.add_argument("--seeds", default=[1986, 1987, 1988], type=lambda text: [int(s) for s in text.split(",") if s],
+                        help="comma-separated seeds (default: 1986,1987,1988)")
+    parser.add_argument("--markdown", help="also write the report here")
+    parser.add_argument("--json", help="also write every run's figures here")
+    return parser
 
 
 def read_hparams(argv):

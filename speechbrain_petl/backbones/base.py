@@ -288,8 +288,8 @@ class Backbone(MethodHost, TrainedState, nn.Module, abc.ABC):
         -------
         >>> from speechbrain_petl.backbones import AST, tiny_config
         >>> ast = AST(tiny_config("ast"), pretrained=False, max_frames=64, attention_dtype="fp32")
-        >>> ast.attention_dtype, {str(m.attention_dtype) for m in ast.modules() if hasattr(m, "attention_dtype") and m is not ast}
-        ('fp32', {'torch.float32'})
+        >>> ast.attention_dtype, {block.attention.attention_dtype for block in ast.layers}
+        ('fp32', {torch.float32})
         """
         return self._attention_dtype
 

@@ -276,7 +276,7 @@ def measure(spec):
     if spec["top"]:
         restrict_to_top(backbone, spec["top"])
     backbone.recompute = spec["recompute"]
-    backbone.attention_dtype = spec.get("attention")
+    backbone.attention_dtype = spec["attention"]
     plain = spec["method"] == PLAIN
     if plain:
         backbone.set_active([])
@@ -485,7 +485,7 @@ def worker_spec(args, yaml, method, options, frames):
     """The JSON-able settings one measurement needs (see :func:`measure`)."""
     return {
         "yaml": yaml, "method": method, "top": options["top"], "recompute": options["recompute"],
-        "attention": options.get("attention"),
+        "attention": options["attention"],
         "frames": frames, "batch": args.batch_size,
         "steps": args.steps, "warmup": args.warmup, "inference_repeats": args.inference_repeats,
         "threads": args.threads, "device": args.device, "dtype": args.dtype,
